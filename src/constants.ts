@@ -1,0 +1,34 @@
+/** Defaults and units. Every default here is documented in the README's configuration table. */
+
+export const KiB = 1024
+export const MiB = 1024 * KiB
+export const GiB = 1024 * MiB
+export const second = 1000
+export const minute = 60 * second
+
+/** Default piece size: the unit of request, verification and sharing. */
+export const DEFAULT_PIECE_SIZE = 4 * MiB
+/** Smallest and largest piece size a piece list may declare. */
+export const MIN_PIECE_SIZE = 64 * KiB
+export const MAX_PIECE_SIZE = 64 * MiB
+/** Largest blob Shoal accepts from a descriptor (guards against absurd sizes). */
+export const MAX_BLOB_SIZE = 1024 * GiB
+/** Largest manifest or index Shoal parses (distribution's own limit is 4 MiB). */
+export const MAX_MANIFEST_SIZE = 4 * MiB
+
+/** Default disk quota of the store. */
+export const DEFAULT_STORE_QUOTA = 20 * GiB
+/** Parallel piece requests per blob to the seed registry. */
+export const DEFAULT_REGISTRY_PIECE_CONCURRENCY = 8
+/** Cap on concurrent Range streams to the seed registry across all blobs. */
+export const DEFAULT_REGISTRY_STREAMS = 16
+/** Time the upstream gets to start answering (headers) before the request fails. */
+export const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT = 10 * second
+/** Time allowed to open a connection to the upstream. */
+export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 3 * second
+/** Time a body may stall (no bytes) before the transfer is cut. */
+export const DEFAULT_UPSTREAM_BODY_TIMEOUT = 15 * second
+/** Retries of one upstream request (5xx, 429, resets), with exponential backoff and jitter. */
+export const DEFAULT_UPSTREAM_RETRIES = 3
+/** Default localhost registry mirror address. */
+export const DEFAULT_MIRROR_LISTEN = '127.0.0.1:5050'

@@ -1,0 +1,123 @@
+/**
+ * Every failure Shoal reports has its own class with a stable `code`. Callers match on `code`
+ * (or `name`), never on message text. `HTTP_STATUS` maps each code to the status the socket API
+ * and the registry mirror answer with; the README lists every code.
+ */
+
+/** Base class of all typed Shoal errors. */
+export class ShoalError extends Error {
+  /** Stable machine-readable code, e.g. `DIGEST_MISMATCH`. */
+  readonly code: string
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+    this.name = new.target.name
+  }
+}
+
+function define<C extends string>(code: C, name: string) {
+  const cls = class extends ShoalError {
+    static readonly code: C = code
+    constructor(message: string, options?: { cause?: unknown }) {
+      super(code, message, options)
+      this.name = name
+    }
+  }
+  Object.defineProperty(cls, 'name', { value: name })
+  return cls
+}
+
+/** An image reference (`registry/repo:tag@digest`) could not be parsed. */
+export const InvalidReferenceError = define('INVALID_REFERENCE', 'InvalidReferenceError')
+/** A digest string is not `algorithm:hex` with a supported algorithm and length. */
+export const InvalidDigestError = define('INVALID_DIGEST', 'InvalidDigestError')
+/** A manifest or index is not valid JSON or breaks the OCI / Docker schema. */
+export const InvalidManifestError = define('INVALID_MANIFEST', 'InvalidManifestError')
+/** A media type Shoal does not handle where one it handles is required. */
+export const UnsupportedMediaTypeError = define('UNSUPPORTED_MEDIA_TYPE', 'UnsupportedMediaTypeError')
+/** An image index has no manifest for the requested platform. */
+export const NoMatchingPlatformError = define('NO_MATCHING_PLATFORM', 'NoMatchingPlatformError')
+/** Bytes do not hash to the digest that names them (a piece or a whole blob). */
+export const DigestMismatchError = define('DIGEST_MISMATCH', 'DigestMismatchError')
+/** A source sent more or fewer bytes than the descriptor or range says. */
+export const SizeMismatchError = define('SIZE_MISMATCH', 'SizeMismatchError')
+/** A piece list is malformed or does not fit the blob it claims to describe. */
+export const InvalidPieceListError = define('INVALID_PIECE_LIST', 'InvalidPieceListError')
+/** The upstream registry refused our credentials (or we have none). */
+export const UpstreamUnauthorizedError = define('UPSTREAM_UNAUTHORIZED', 'UpstreamUnauthorizedError')
+/** The upstream registry (or layout) does not have the manifest or blob. */
+export const UpstreamNotFoundError = define('UPSTREAM_NOT_FOUND', 'UpstreamNotFoundError')
+/** The upstream answered 5xx, reset the connection or could not be reached. */
+export const UpstreamUnavailableError = define('UPSTREAM_UNAVAILABLE', 'UpstreamUnavailableError')
+/** The upstream did not answer in time. */
+export const UpstreamTimeoutError = define('UPSTREAM_TIMEOUT', 'UpstreamTimeoutError')
+/** The upstream answered 429 and retries ran out. */
+export const UpstreamRateLimitedError = define('UPSTREAM_RATE_LIMITED', 'UpstreamRateLimitedError')
+/** The upstream answered with something that is not a valid registry response. */
+export const UpstreamProtocolError = define('UPSTREAM_PROTOCOL', 'UpstreamProtocolError')
+/** The store does not hold the blob (or the bytes) asked for. */
+export const BlobUnknownError = define('BLOB_UNKNOWN', 'BlobUnknownError')
+/** A requested byte range lies outside the blob. */
+export const RangeNotSatisfiableError = define('RANGE_NOT_SATISFIABLE', 'RangeNotSatisfiableError')
+/** The quota cannot fit the blob even after evicting everything evictable. */
+export const StoreFullError = define('STORE_FULL', 'StoreFullError')
+/** The file system ran out of space (ENOSPC) while writing. */
+export const DiskFullError = define('DISK_FULL', 'DiskFullError')
+/** The store found data that contradicts its own index. */
+export const StoreCorruptError = define('STORE_CORRUPT', 'StoreCorruptError')
+/** The store was used before `start()` or after `stop()`. */
+export const StoreClosedError = define('STORE_CLOSED', 'StoreClosedError')
+/** The configuration (file, environment or flags) is invalid. */
+export const ConfigInvalidError = define('CONFIG_INVALID', 'ConfigInvalidError')
+/** A request to the socket API or the mirror is malformed. */
+export const BadRequestError = define('BAD_REQUEST', 'BadRequestError')
+/** No such route on the socket API or the mirror. */
+export const NotFoundError = define('NOT_FOUND', 'NotFoundError')
+/** The operation was aborted (client went away, agent shutting down). */
+export const AbortedError = define('ABORTED', 'AbortedError')
+/** Something failed that has no more specific code. */
+export const InternalError = define('INTERNAL', 'InternalError')
+
+/** Status code for each error code, used by the socket API and the mirror. */
+export const HTTP_STATUS: Readonly<Record<string, number>> = {
+  INVALID_REFERENCE: 400,
+  INVALID_DIGEST: 400,
+  INVALID_MANIFEST: 502,
+  UNSUPPORTED_MEDIA_TYPE: 502,
+  NO_MATCHING_PLATFORM: 404,
+  DIGEST_MISMATCH: 502,
+  SIZE_MISMATCH: 502,
+  INVALID_PIECE_LIST: 502,
+  UPSTREAM_UNAUTHORIZED: 502,
+  UPSTREAM_NOT_FOUND: 404,
+  UPSTREAM_UNAVAILABLE: 502,
+  UPSTREAM_TIMEOUT: 504,
+  UPSTREAM_RATE_LIMITED: 503,
+  UPSTREAM_PROTOCOL: 502,
+  BLOB_UNKNOWN: 404,
+  RANGE_NOT_SATISFIABLE: 416,
+  STORE_FULL: 507,
+  DISK_FULL: 507,
+  STORE_CORRUPT: 500,
+  STORE_CLOSED: 503,
+  CONFIG_INVALID: 500,
+  BAD_REQUEST: 400,
+  NOT_FOUND: 404,
+  ABORTED: 499,
+  INTERNAL: 500
+}
+
+/** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */
+export function toShoalError(err: unknown): ShoalError {
+  if (err instanceof ShoalError) return err
+  if (err instanceof Error && (err.name === 'AbortError' || err.name === 'TimeoutError')) {
+    return new AbortedError(err.message, { cause: err })
+  }
+  return new InternalError(err instanceof Error ? err.message : String(err), { cause: err })
+}
+
+/** The HTTP status for an error (500 for anything untyped). */
+export function httpStatusOf(err: unknown): number {
+  return HTTP_STATUS[toShoalError(err).code] ?? 500
+}

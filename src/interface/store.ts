@@ -1,0 +1,98 @@
+import type { AbortOptions, ByteRange, Startable } from './common.ts'
+
+/** Where a piece's bytes came from. Decides what may be served before the blob is verified. */
+export type PieceSource = 'registry' | 'oci-layout' | 'peer'
+
+/** What the store knows about one blob. */
+export interface BlobInfo {
+  digest: string
+  size: number
+  pieceSize: number
+  pieceCount: number
+  /** The upstream Content-Type (kept for manifests; blobs may have none). */
+  mediaType?: string
+  /** True once the whole blob passed its digest check. */
+  complete: boolean
+  /** Number of verified pieces held. */
+  piecesHeld: number
+  pinned: boolean
+  /** Last use, ms since epoch (LRU eviction order). */
+  lastUsed: number
+}
+
+/** One verified piece the store holds. */
+export interface PieceInfo {
+  index: number
+  /** Lower-case hex sha256 of the piece bytes. */
+  sha256: string
+  source: PieceSource
+}
+
+export interface BeginBlobInit {
+  size: number
+  pieceSize: number
+  mediaType?: string
+}
+
+export interface PutPieceInit {
+  sha256: string
+  source: PieceSource
+}
+
+export interface StoreUsage {
+  /** Bytes reserved by all blobs the store tracks (complete and partial). */
+  usedBytes: number
+  quotaBytes: number
+  blobs: number
+  completeBlobs: number
+}
+
+/** Holds a blob in use: it cannot be evicted until released. */
+export interface Lease {
+  release(): void
+}
+
+/**
+ * Piece data on disk plus an index. The index is the commit point: a piece is "held" only after
+ * its bytes are durable, so a crash at any moment leaves a consistent store, and partial blobs
+ * resume after a restart. Unverified bytes never reach `putPiece`: callers check every piece
+ * against its sha256 first, and the whole blob against its digest before `complete`.
+ */
+export interface BlobStore extends Startable {
+  /** The blob's record, or undefined when the store has never begun it. */
+  stat(digest: string, options?: AbortOptions): Promise<BlobInfo | undefined>
+  /**
+   * Start (or resume) a blob. Reserves `size` bytes of quota, evicting least-recently-used
+   * complete blobs that are neither pinned nor leased; throws `StoreFullError` if that cannot
+   * make room. Idempotent for the same size and piece size; a conflicting size throws
+   * `SizeMismatchError`.
+   */
+  begin(digest: string, init: BeginBlobInit, options?: AbortOptions): Promise<BlobInfo>
+  /** The verified pieces held for a blob, in index order. */
+  pieces(digest: string, options?: AbortOptions): Promise<PieceInfo[]>
+  /** Write one verified piece durably, then record it. Idempotent. */
+  putPiece(
+    digest: string,
+    index: number,
+    data: Uint8Array,
+    init: PutPieceInit,
+    options?: AbortOptions
+  ): Promise<void>
+  /** Read bytes that lie entirely within held pieces (throws `BlobUnknownError` otherwise). */
+  read(digest: string, range: ByteRange, options?: AbortOptions): Promise<Uint8Array>
+  /** Stream bytes of a complete blob (Range served by the caller's choice of range). */
+  stream(digest: string, range?: ByteRange): AsyncIterable<Uint8Array>
+  /** Mark a blob complete: every piece held and the whole blob verified by the caller. */
+  complete(digest: string, options?: AbortOptions): Promise<BlobInfo>
+  /** Forget a blob and its bytes (also used to drop a blob that failed its digest check). */
+  delete(digest: string, options?: AbortOptions): Promise<void>
+  /** Pinned blobs are never evicted. */
+  setPinned(digest: string, pinned: boolean, options?: AbortOptions): Promise<void>
+  /** Mark a blob in use (not evictable) until the lease is released. */
+  acquire(digest: string): Lease
+  /** Record a use (moves the blob to the back of the LRU). */
+  touch(digest: string, options?: AbortOptions): Promise<void>
+  /** Every blob the store tracks. */
+  list(options?: AbortOptions): Promise<BlobInfo[]>
+  usage(): StoreUsage
+}
