@@ -1,0 +1,131 @@
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { RegistryMirror } from './api/mirror.ts'
+import { ShoalMetrics } from './api/metrics.ts'
+import { SocketApi } from './api/socket-api.ts'
+import { systemClock } from './clock.ts'
+import type { ShoalConfig } from './config/schema.ts'
+import { BlobFetcher } from './fetch/blob-fetcher.ts'
+import { ImagePuller } from './fetch/image-puller.ts'
+import { ManifestResolver } from './fetch/manifests.ts'
+import type { Clock } from './interface/clock.ts'
+import type { Startable } from './interface/common.ts'
+import { parsePlatform } from './oci/platform.ts'
+import { StaticUpstreamResolver } from './registry/upstream-resolver.ts'
+import { LevelBlobStore } from './store/level-blob-store.ts'
+
+/** The package version, shown by `shoal status`. */
+export const VERSION = '0.1.0'
+
+export interface AgentComponents {
+  logger: Logger
+  clock?: Clock
+}
+
+/**
+ * The composition root: the one place that constructs and wires Shoal's components. Start
+ * order is store, fetch, then the listeners; stop runs in reverse so in-flight requests finish
+ * against a live store.
+ */
+export class Agent implements Startable {
+  readonly config: ShoalConfig
+  readonly metrics = new ShoalMetrics()
+  readonly store: LevelBlobStore
+  readonly upstreams: StaticUpstreamResolver
+  readonly fetcher: BlobFetcher
+  readonly manifests: ManifestResolver
+  readonly puller: ImagePuller
+  readonly socket: SocketApi
+  readonly mirror: RegistryMirror | undefined
+  readonly #log: Logger
+  #started = false
+
+  constructor(components: AgentComponents, config: ShoalConfig) {
+    this.config = config
+    const clock = components.clock ?? systemClock
+    const logger = components.logger
+    this.#log = logger.child({ component: 'agent' })
+    this.store = new LevelBlobStore({ clock, logger }, { root: join(config.storeDir), quotaBytes: config.store.quota })
+    this.upstreams = new StaticUpstreamResolver(
+      { logger },
+      {
+        registries: config.registries,
+        connectTimeoutMs: config.upstream.connectTimeout,
+        responseTimeoutMs: config.upstream.responseTimeout,
+        bodyTimeoutMs: config.upstream.bodyTimeout,
+        retries: config.upstream.retries
+      }
+    )
+    this.fetcher = new BlobFetcher(
+      { store: this.store, upstreams: this.upstreams, clock, logger, metrics: this.metrics },
+      {
+        pieceSize: config.store.pieceSize,
+        registryConcurrency: config.fetch.registryConcurrency,
+        registryStreams: config.fetch.registryStreams
+      }
+    )
+    this.manifests = new ManifestResolver({ store: this.store, upstreams: this.upstreams, logger })
+    this.puller = new ImagePuller(
+      { manifests: this.manifests, fetcher: this.fetcher, clock, logger },
+      { platform: config.platform ? parsePlatform(config.platform) : undefined }
+    )
+    const api = {
+      store: this.store,
+      fetcher: this.fetcher,
+      manifests: this.manifests,
+      logger,
+      metrics: this.metrics
+    }
+    this.socket = new SocketApi(
+      { ...api, puller: this.puller, clock },
+      { path: config.socket.path, mode: config.socket.mode, describe: () => this.describe() }
+    )
+    this.mirror = config.mirror.enabled
+      ? new RegistryMirror(
+          { ...api, upstreams: this.upstreams },
+          { listen: config.mirror.listen, defaultRegistry: config.mirror.defaultRegistry }
+        )
+      : undefined
+  }
+
+  /** Identity and addresses, for `shoal status`. */
+  describe(): Record<string, unknown> {
+    return {
+      version: VERSION,
+      pid: process.pid,
+      socket: this.config.socket.path,
+      mirror: this.mirror?.address ?? null,
+      storeDir: this.config.storeDir
+    }
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    await this.store.start()
+    this.#refreshStoreGauges()
+    this.metrics.storeQuotaBytes.set(this.config.store.quota)
+    await this.fetcher.start()
+    await this.socket.start()
+    await this.mirror?.start()
+    this.#started = true
+    this.#log.info(this.describe(), 'agent started')
+  }
+
+  async stop(): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.mirror?.stop()
+    await this.socket.stop()
+    await this.fetcher.stop()
+    await this.upstreams.close()
+    await this.store.stop()
+    this.#log.info('agent stopped')
+  }
+
+  #refreshStoreGauges(): void {
+    const u = this.store.usage()
+    this.metrics.storeUsedBytes.set(u.usedBytes)
+    this.metrics.storeBlobs.set({ state: 'complete' }, u.completeBlobs)
+    this.metrics.storeBlobs.set({ state: 'partial' }, u.blobs - u.completeBlobs)
+  }
+}

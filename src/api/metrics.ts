@@ -1,0 +1,96 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+
+/**
+ * Every Prometheus metric the agent exports, with stable names. Components take the pieces
+ * they update; `/metrics` renders the registry.
+ */
+export class ShoalMetrics {
+  readonly registry = new Registry()
+
+  /** Verified bytes brought into the store, by where they came from (registry, oci-layout, peer). */
+  readonly bytesFetched = new Counter({
+    name: 'shoal_fetched_bytes_total',
+    help: 'Verified bytes written to the store, by source',
+    labelNames: ['source'] as const,
+    registers: [this.registry]
+  })
+
+  /** Bytes handed to runtimes, by interface (mirror, socket) — what the fleet saved a registry. */
+  readonly bytesServed = new Counter({
+    name: 'shoal_served_bytes_total',
+    help: 'Bytes served to runtimes, by interface',
+    labelNames: ['interface'] as const,
+    registers: [this.registry]
+  })
+
+  /** Time to fetch, verify and store one piece. */
+  readonly pieceSeconds = new Histogram({
+    name: 'shoal_piece_fetch_seconds',
+    help: 'Time to fetch, verify and store one piece, by source',
+    labelNames: ['source'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry]
+  })
+
+  /** Pieces or blobs whose bytes did not match their hash: each one is data that was refused. */
+  readonly verifyFailures = new Counter({
+    name: 'shoal_verify_failures_total',
+    help: 'Pieces or blobs refused because their bytes did not match their hash',
+    labelNames: ['kind', 'source'] as const,
+    registers: [this.registry]
+  })
+
+  readonly blobsCompleted = new Counter({
+    name: 'shoal_blobs_completed_total',
+    help: 'Blobs fetched and verified against their digest',
+    registers: [this.registry]
+  })
+
+  readonly activeTransfers = new Gauge({
+    name: 'shoal_active_transfers',
+    help: 'Blobs being fetched now',
+    registers: [this.registry]
+  })
+
+  readonly upstreamRequests = new Counter({
+    name: 'shoal_upstream_requests_total',
+    help: 'Requests the agent made to upstream registries, by kind and outcome',
+    labelNames: ['kind', 'outcome'] as const,
+    registers: [this.registry]
+  })
+
+  readonly httpRequests = new Counter({
+    name: 'shoal_http_requests_total',
+    help: 'Requests answered on the mirror and the socket API, by interface and status',
+    labelNames: ['interface', 'status'] as const,
+    registers: [this.registry]
+  })
+
+  readonly storeUsedBytes = new Gauge({
+    name: 'shoal_store_used_bytes',
+    help: 'Bytes reserved in the store by complete and partial blobs',
+    registers: [this.registry]
+  })
+
+  readonly storeQuotaBytes = new Gauge({
+    name: 'shoal_store_quota_bytes',
+    help: 'Disk quota of the store',
+    registers: [this.registry]
+  })
+
+  readonly storeBlobs = new Gauge({
+    name: 'shoal_store_blobs',
+    help: 'Blobs tracked by the store, by state',
+    labelNames: ['state'] as const,
+    registers: [this.registry]
+  })
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' })
+  }
+
+  /** Prometheus text exposition. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() }
+  }
+}

@@ -1,0 +1,65 @@
+import { Agent } from '../agent.ts'
+import { loadConfig } from '../config/load.ts'
+import { createLogger } from '../logging.ts'
+
+export interface AgentFlags {
+  config?: string
+  storeDir?: string
+  socket?: string
+  mirrorListen?: string
+  quota?: string
+  pieceSize?: string
+  logLevel?: string
+  registry?: string[]
+  layout?: string[]
+}
+
+/** `shoal agent`: validates the configuration once, starts the agent, stops it on SIGINT/SIGTERM. */
+export async function agentCommand(flags: AgentFlags): Promise<void> {
+  const registries: Record<string, { url?: string; layout?: string }> = {}
+  for (const r of flags.registry ?? []) {
+    const [host, url] = splitPair(r, '--registry')
+    registries[host] = { url }
+  }
+  for (const l of flags.layout ?? []) {
+    const [host, dir] = splitPair(l, '--layout')
+    registries[host] = { layout: dir }
+  }
+  const config = await loadConfig({
+    file: flags.config ?? process.env.SHOAL_CONFIG,
+    overrides: {
+      storeDir: flags.storeDir,
+      'socket.path': flags.socket,
+      'mirror.listen': flags.mirrorListen,
+      'store.quota': flags.quota,
+      'store.pieceSize': flags.pieceSize,
+      'log.level': flags.logLevel
+    }
+  })
+  // Flags add registries to those of the file rather than replacing the whole map.
+  Object.assign(config.registries, registries)
+  const logger = createLogger({ level: config.log.level })
+  const agent = new Agent({ logger }, config)
+  await agent.start()
+  let stopping = false
+  const stop = async (signal: string) => {
+    if (stopping) return
+    stopping = true
+    logger.info({ signal }, 'stopping')
+    await agent.stop()
+    logger.flush()
+    process.exit(0)
+  }
+  process.on('SIGINT', () => void stop('SIGINT'))
+  process.on('SIGTERM', () => void stop('SIGTERM'))
+}
+
+function splitPair(s: string, flag: string): [string, string] {
+  const i = s.indexOf('=')
+  if (i <= 0 || i === s.length - 1) {
+    throw new (class extends Error {
+      code = 'CONFIG_INVALID'
+    })(`${flag} takes host=value, got "${s}"`)
+  }
+  return [s.slice(0, i), s.slice(i + 1)]
+}

@@ -1,0 +1,65 @@
+import { Command } from 'commander'
+import { VERSION } from '../agent.ts'
+import { ShoalError } from '../errors.ts'
+import { agentCommand } from './agent-command.ts'
+import { pullCommand } from './pull-command.ts'
+import { statusCommand } from './status-command.ts'
+
+const DEFAULT_SOCKET = process.env.SHOAL_SOCKET ?? '/run/shoal/shoal.sock'
+const collect = (v: string, prev: string[] = []) => [...prev, v]
+
+const program = new Command()
+  .name('shoal')
+  .description('Peer-to-peer container layer distribution: every byte verified, no central service')
+  .version(VERSION)
+
+program
+  .command('agent')
+  .description('run the node agent (socket API, registry mirror, store)')
+  .option('-c, --config <file>', 'YAML config file (env SHOAL_CONFIG)')
+  .option('--store-dir <dir>', 'store root (env SHOAL_STORE_DIR)')
+  .option('--socket <path>', 'unix socket of the runtime API (env SHOAL_SOCKET)')
+  .option('--mirror-listen <host:port>', 'registry mirror address (env SHOAL_MIRROR_LISTEN)')
+  .option('--quota <size>', 'store disk quota, e.g. 20GiB (env SHOAL_STORE_QUOTA)')
+  .option('--piece-size <size>', 'piece size, e.g. 4MiB (env SHOAL_PIECE_SIZE)')
+  .option('--log-level <level>', 'trace, debug, info, warn, error (env SHOAL_LOG_LEVEL)')
+  .option('--registry <host=url>', 'upstream URL for a registry host (repeatable)', collect)
+  .option('--layout <host=dir>', 'serve a registry host from an OCI image layout directory (repeatable)', collect)
+  .action(agentCommand)
+
+program
+  .command('pull')
+  .description('pull an image through the running agent, with live progress per layer')
+  .argument('<reference>', 'image reference, e.g. docker.io/library/busybox:latest')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--platform <os/arch>', 'platform to pick from an index')
+  .option('--no-progress', 'plain lines instead of bars')
+  .action(async (reference: string, o: { socket: string; platform?: string; progress: boolean }) => {
+    await pullCommand(reference, { socket: o.socket, platform: o.platform, tty: o.progress ? undefined : false })
+  })
+
+program
+  .command('status')
+  .description('show the agent: store use, transfers, bytes by source')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (o: { socket: string; json?: boolean }) => statusCommand(o.socket, Boolean(o.json)))
+
+program
+  .command('demo')
+  .description('run a local demo: agents on loopback pull a real image from an embedded seed')
+  .option('--registry <url>', 'use this seed registry instead of the embedded OCI layout')
+  .option('--image <ref>', 'image to pull (with --registry)')
+  .option('--dir <dir>', 'working directory for the demo', '.shoal/demo')
+  .action(async (o: { registry?: string; image?: string; dir: string }) => {
+    const { demoCommand } = await import('./demo-command.ts')
+    await demoCommand(o)
+  })
+
+try {
+  await program.parseAsync(process.argv)
+} catch (err) {
+  const code = err instanceof ShoalError || (err as { code?: string }).code ? (err as { code: string }).code : 'INTERNAL'
+  process.stderr.write(`shoal: ${code}: ${(err as Error).message}\n`)
+  process.exit(code === 'CONFIG_INVALID' ? 2 : 1)
+}

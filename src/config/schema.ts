@@ -1,0 +1,121 @@
+import { z } from 'zod'
+import {
+  DEFAULT_MIRROR_LISTEN,
+  DEFAULT_PIECE_SIZE,
+  DEFAULT_REGISTRY_PIECE_CONCURRENCY,
+  DEFAULT_REGISTRY_STREAMS,
+  DEFAULT_STORE_QUOTA,
+  DEFAULT_UPSTREAM_BODY_TIMEOUT,
+  DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+  DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+  DEFAULT_UPSTREAM_RETRIES,
+  MAX_PIECE_SIZE,
+  MIN_PIECE_SIZE
+} from '../constants.ts'
+import { parseDuration, parseSize } from './units.ts'
+
+const size = () =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const n = parseSize(v)
+    if (n === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 20GiB, 4MiB, 1048576)` })
+      return z.NEVER
+    }
+    return n
+  })
+
+const duration = () =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const n = parseDuration(v)
+    if (n === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (e.g. 3s, 250ms)` })
+      return z.NEVER
+    }
+    return n
+  })
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:5050')
+
+/** One upstream registry (or OCI layout directory) and its credentials. */
+const registrySchema = z
+  .strictObject({
+    url: z.url({ protocol: /^https?$/ }).optional(),
+    layout: z.string().min(1).optional(),
+    username: z.string().optional(),
+    password: z.string().optional(),
+    token: z.string().optional()
+  })
+  .refine((r) => !(r.url && r.layout), { message: 'give either url or layout, not both' })
+  .refine((r) => (r.username === undefined) === (r.password === undefined), {
+    message: 'username and password go together'
+  })
+
+/** The agent's configuration: file, then environment, then flags; every default here. */
+export const configSchema = z.strictObject({
+  /** Root of the store: LevelDB index and blob data. */
+  storeDir: z.string().min(1).default('/var/lib/shoal'),
+  store: z
+    .strictObject({
+      /** Disk quota; least-recently-used blobs that are not pinned or in use are evicted beyond it. */
+      quota: size().default(DEFAULT_STORE_QUOTA),
+      /** Piece size for blobs this node cuts into pieces. */
+      pieceSize: size()
+        .refine((n) => n >= MIN_PIECE_SIZE && n <= MAX_PIECE_SIZE, {
+          message: `store.pieceSize must be between ${MIN_PIECE_SIZE} and ${MAX_PIECE_SIZE} bytes`
+        })
+        .default(DEFAULT_PIECE_SIZE)
+    })
+    .prefault({}),
+  socket: z
+    .strictObject({
+      /** Unix socket of the runtime API. */
+      path: z.string().min(1).max(107).default('/run/shoal/shoal.sock'),
+      /** File mode of the socket: owner and group only by default. */
+      mode: z.number().int().min(0).max(0o777).default(0o660)
+    })
+    .prefault({}),
+  mirror: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** Address of the localhost registry mirror; loopback by default. */
+      listen: hostPort.default(DEFAULT_MIRROR_LISTEN),
+      /** Upstream for mirror requests that name no registry (no `?ns=`, no host in the path). */
+      defaultRegistry: z.string().min(1).default('docker.io')
+    })
+    .prefault({}),
+  /** Upstream registries by host as it appears in image references. */
+  registries: z.record(z.string().min(1), registrySchema).default({}),
+  upstream: z
+    .strictObject({
+      connectTimeout: duration().default(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+      responseTimeout: duration().default(DEFAULT_UPSTREAM_RESPONSE_TIMEOUT),
+      bodyTimeout: duration().default(DEFAULT_UPSTREAM_BODY_TIMEOUT),
+      retries: z.number().int().min(0).max(10).default(DEFAULT_UPSTREAM_RETRIES)
+    })
+    .prefault({}),
+  fetch: z
+    .strictObject({
+      /** Parallel Range requests per blob to the seed registry. */
+      registryConcurrency: z.number().int().min(1).max(64).default(DEFAULT_REGISTRY_PIECE_CONCURRENCY),
+      /** Cap on concurrent Range requests to seed registries across all blobs. */
+      registryStreams: z.number().int().min(1).max(256).default(DEFAULT_REGISTRY_STREAMS)
+    })
+    .prefault({}),
+  /** Platform picked from image indexes, `os/arch[/variant]`; defaults to this machine's. */
+  platform: z
+    .string()
+    .regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, 'must be os/arch[/variant], e.g. linux/amd64')
+    .optional(),
+  log: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+    })
+    .prefault({})
+})
+
+/** A validated configuration with every default filled in. */
+export type ShoalConfig = z.output<typeof configSchema>
+/** What a config file, environment and flags may say. */
+export type ShoalConfigInput = z.input<typeof configSchema>

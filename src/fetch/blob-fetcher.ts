@@ -1,0 +1,218 @@
+import pLimit, { type LimitFunction } from 'p-limit'
+import type { Logger } from 'pino'
+import type { ShoalMetrics } from '../api/metrics.ts'
+import { DEFAULT_PIECE_SIZE, DEFAULT_REGISTRY_PIECE_CONCURRENCY, DEFAULT_REGISTRY_STREAMS } from '../constants.ts'
+import { parseDigest } from '../content/digest.ts'
+import { piecesCovering } from '../content/pieces.ts'
+import { AbortedError, RangeNotSatisfiableError } from '../errors.ts'
+import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
+import type { Clock } from '../interface/clock.ts'
+import type { BlobInfo, BlobStore } from '../interface/store.ts'
+import type { UpstreamResolver } from '../interface/upstream.ts'
+import { type BlobProgress, BlobTransfer } from './transfer.ts'
+
+/** A blob to bring in, and where the seed keeps it. */
+export interface BlobRequest {
+  digest: string
+  /** From the descriptor when known; otherwise the seed is asked (HEAD). */
+  size?: number
+  mediaType?: string
+  registry: string
+  repository: string
+}
+
+export interface FetchBlobOptions extends AbortOptions {
+  onProgress?: (p: BlobProgress) => void
+}
+
+export interface BlobFetcherComponents {
+  store: BlobStore
+  upstreams: UpstreamResolver
+  clock: Clock
+  logger: Logger
+  metrics?: ShoalMetrics
+}
+
+export interface BlobFetcherInit {
+  /** Piece size for blobs this node starts (default 4 MiB). */
+  pieceSize?: number
+  /** Parallel Range requests per blob (default 8). */
+  registryConcurrency?: number
+  /** Cap on Range requests in flight to seeds across all blobs (default 16). */
+  registryStreams?: number
+}
+
+/** What a transfer in flight looks like from `shoal status`. */
+export interface TransferStatus {
+  digest: string
+  size: number
+  piecesHeld: number
+  pieceCount: number
+  bytesHeld: number
+  startedAt: number
+}
+
+/**
+ * Makes blobs complete and verified in the store. Single-flight per digest: concurrent callers
+ * (a pull, the mirror, a range read) share one transfer. Partial blobs resume from the pieces
+ * the store already holds.
+ */
+export class BlobFetcher implements Startable {
+  readonly #c: BlobFetcherComponents
+  readonly #pieceSize: number
+  readonly #concurrency: number
+  readonly #streams: LimitFunction
+  readonly #transfers = new Map<string, Promise<BlobTransfer>>()
+  readonly #live = new Map<string, BlobTransfer>()
+  readonly #log: Logger
+
+  constructor(components: BlobFetcherComponents, init: BlobFetcherInit = {}) {
+    this.#c = components
+    this.#pieceSize = init.pieceSize ?? DEFAULT_PIECE_SIZE
+    this.#concurrency = init.registryConcurrency ?? DEFAULT_REGISTRY_PIECE_CONCURRENCY
+    this.#streams = pLimit(init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
+    this.#log = components.logger.child({ component: 'fetch' })
+  }
+
+  async start(): Promise<void> {}
+
+  /** Aborts transfers in flight; their held pieces stay in the store for a resume. */
+  async stop(): Promise<void> {
+    for (const t of this.#live.values()) t.abort('agent stopping')
+    await Promise.allSettled([...this.#live.values()].map((t) => t.run()))
+  }
+
+  /** Ensures the blob is complete and verified in the store; returns its record. */
+  async fetch(req: BlobRequest, options: FetchBlobOptions = {}): Promise<BlobInfo> {
+    parseDigest(req.digest)
+    const existing = await this.#c.store.stat(req.digest, options)
+    if (existing?.complete) {
+      await this.#c.store.touch(req.digest)
+      options.onProgress?.({
+        digest: req.digest,
+        size: existing.size,
+        bytesHeld: existing.size,
+        fetched: {},
+        resumed: existing.size
+      })
+      return existing
+    }
+    const transfer = await this.#transfer(req, options)
+    const off = options.onProgress ? transfer.onProgress(options.onProgress) : undefined
+    try {
+      if (options.onProgress) options.onProgress(transfer.progress())
+      return await raceSignal(transfer.run(), options.signal)
+    } finally {
+      off?.()
+    }
+  }
+
+  /**
+   * Ensures the pieces covering `range` are held (fetched first, ahead of the rest of the blob)
+   * and returns the blob's record. The rest of the blob keeps coming in the background.
+   */
+  async fetchRange(req: BlobRequest, range: ByteRange, options: AbortOptions = {}): Promise<BlobInfo> {
+    parseDigest(req.digest)
+    const existing = await this.#c.store.stat(req.digest, options)
+    if (existing?.complete) {
+      checkRange(range, existing.size)
+      return existing
+    }
+    const transfer = await this.#transfer(req, options)
+    checkRange(range, transfer.size)
+    const done = transfer.run()
+    done.catch(() => {}) // failures reach the caller through waitFor
+    await transfer.waitFor(piecesCovering(range, transfer.pieceSize), options.signal)
+    return (await this.#c.store.stat(req.digest, options)) as BlobInfo
+  }
+
+  /** Transfers in flight. */
+  status(): TransferStatus[] {
+    return [...this.#live.values()].map((t) => {
+      const p = t.progress()
+      return {
+        digest: t.digest,
+        size: t.size,
+        piecesHeld: t.piecesHeld,
+        pieceCount: t.count,
+        bytesHeld: p.bytesHeld,
+        startedAt: t.startedAt
+      }
+    })
+  }
+
+  #transfer(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
+    let pending = this.#transfers.get(req.digest)
+    if (pending === undefined) {
+      pending = this.#open(req, options)
+      this.#transfers.set(req.digest, pending)
+      pending.then(
+        (t) => {
+          t.run().then(
+            () => this.#forget(req.digest),
+            () => this.#forget(req.digest)
+          )
+        },
+        () => this.#forget(req.digest)
+      )
+    }
+    return pending
+  }
+
+  #forget(digest: string): void {
+    this.#transfers.delete(digest)
+    this.#live.delete(digest)
+  }
+
+  async #open(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
+    const upstream = this.#c.upstreams.resolve(req.registry)
+    const known = await this.#c.store.stat(req.digest, options)
+    const size = known?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
+    const info = await this.#c.store.begin(
+      req.digest,
+      { size, pieceSize: known?.pieceSize ?? this.#pieceSize, mediaType: req.mediaType },
+      options
+    )
+    const held = (await this.#c.store.pieces(req.digest, options)).map((p) => p.index)
+    if (held.length > 0) this.#log.info({ digest: req.digest, held: held.length }, 'resuming partial blob')
+    const transfer = new BlobTransfer(
+      {
+        store: this.#c.store,
+        upstream,
+        clock: this.#c.clock,
+        logger: this.#log,
+        registryStreams: this.#streams,
+        metrics: this.#c.metrics
+      },
+      { info, repository: req.repository, held, concurrency: this.#concurrency }
+    )
+    this.#live.set(req.digest, transfer)
+    return transfer
+  }
+}
+
+function checkRange(range: ByteRange, size: number): void {
+  if (range.start < 0 || range.end > size || range.start >= range.end) {
+    throw new RangeNotSatisfiableError(`range ${range.start}-${range.end - 1} is outside the blob (${size} bytes)`)
+  }
+}
+
+/** Waits for `p` but gives up (without cancelling `p`) when the caller's signal aborts. */
+async function raceSignal<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (signal === undefined) return p
+  if (signal.aborted) throw new AbortedError('request aborted')
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new AbortedError('request aborted'))
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(v)
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(e)
+      }
+    )
+  })
+}
