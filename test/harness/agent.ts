@@ -1,0 +1,115 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { stringify } from 'yaml'
+import { callAgent } from '../../src/cli/socket-client.ts'
+
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+export interface TestAgentInit {
+  /** Upstreams by registry host: `{ url }` or `{ layout }`. */
+  registries: Record<string, Record<string, unknown>>
+  /** Reuse a store (restart tests). */
+  storeDir?: string
+  /** Extra config merged at the top level (store, upstream, fetch, ...). */
+  config?: Record<string, unknown>
+}
+
+export interface AgentStatus {
+  mirror: string
+  store: { usedBytes: number; blobs: number; completeBlobs: number }
+  transfers: { digest: string; piecesHeld: number; pieceCount: number }[]
+  bytes: { fetched: Record<string, number>; served: Record<string, number> }
+}
+
+/** A real `shoal agent` process on loopback with its own store, socket and mirror port. */
+export interface TestAgent {
+  pid: number
+  dir: string
+  storeDir: string
+  socket: string
+  /** host:port of the registry mirror. */
+  mirror: string
+  status(): Promise<AgentStatus>
+  metrics(): Promise<string>
+  /** Log lines (JSON) the agent wrote so far. */
+  logs(): string
+  /** SIGTERM and wait. */
+  stop(): Promise<void>
+  /** SIGKILL and wait: a crash. */
+  kill(): Promise<void>
+}
+
+/** Starts an agent and waits until its socket answers. */
+export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
+  const dir = await mkdtemp(join(tmpdir(), 'sh-a-'))
+  const socket = join(dir, 's.sock')
+  const storeDir = init.storeDir ?? join(dir, 'store')
+  const configFile = join(dir, 'agent.yaml')
+  await writeFile(
+    configFile,
+    stringify({
+      storeDir,
+      socket: { path: socket },
+      mirror: { listen: '127.0.0.1:0' },
+      registries: init.registries,
+      log: { level: 'info' },
+      ...init.config
+    })
+  )
+  let output = ''
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--config', configFile], {
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  child.stdout?.on('data', (d) => {
+    output += d
+  })
+  child.stderr?.on('data', (d) => {
+    output += d
+  })
+  const exited = new Promise<void>((r) => child.once('exit', () => r()))
+  let alive = true
+  exited.then(() => {
+    alive = false
+  })
+  let status: AgentStatus | undefined
+  for (let i = 0; i < 200 && alive; i++) {
+    try {
+      status = await callAgent<AgentStatus>(socket, 'GET', '/v1/status')
+      break
+    } catch {
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  if (!status) {
+    child.kill('SIGKILL')
+    await exited
+    throw new Error(`agent did not start:\n${output}`)
+  }
+  const end = async (signal: NodeJS.Signals) => {
+    if (alive) child.kill(signal)
+    await exited
+  }
+  return {
+    pid: child.pid as number,
+    dir,
+    storeDir,
+    socket,
+    mirror: status.mirror,
+    status: () => callAgent<AgentStatus>(socket, 'GET', '/v1/status'),
+    metrics: async () => {
+      const res = await fetch(`http://${status.mirror}/metrics`)
+      return res.text()
+    },
+    logs: () => output,
+    stop: () => end('SIGTERM'),
+    kill: () => end('SIGKILL')
+  }
+}
+
+/** Removes an agent's working directory (after stop). */
+export async function removeAgentDir(a: TestAgent): Promise<void> {
+  await rm(a.dir, { recursive: true, force: true })
+}
