@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { RegistryMirror } from './api/mirror.ts'
 import { ShoalMetrics } from './api/metrics.ts'
+import { RegistryMirror } from './api/mirror.ts'
 import { SocketApi } from './api/socket-api.ts'
 import { systemClock } from './clock.ts'
 import type { ShoalConfig } from './config/schema.ts'
@@ -45,7 +45,10 @@ export class Agent implements Startable {
     const clock = components.clock ?? systemClock
     const logger = components.logger
     this.#log = logger.child({ component: 'agent' })
-    this.store = new LevelBlobStore({ clock, logger }, { root: join(config.storeDir), quotaBytes: config.store.quota })
+    this.store = new LevelBlobStore(
+      { clock, logger },
+      { root: join(config.storeDir), quotaBytes: config.store.quota }
+    )
     this.upstreams = new StaticUpstreamResolver(
       { logger },
       {
@@ -102,7 +105,7 @@ export class Agent implements Startable {
   async start(): Promise<void> {
     if (this.#started) return
     await this.store.start()
-    this.#refreshStoreGauges()
+    this.metrics.onScrape = () => this.#refreshStoreGauges()
     this.metrics.storeQuotaBytes.set(this.config.store.quota)
     await this.fetcher.start()
     await this.socket.start()

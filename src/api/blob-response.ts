@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { BlobInfo, BlobStore } from '../interface/store.ts'
-import type { ShoalMetrics } from './metrics.ts'
 import { parseRange, sendBody } from './http.ts'
+import type { ShoalMetrics } from './metrics.ts'
 
 export interface BlobResponseInit {
   store: BlobStore
@@ -19,7 +19,11 @@ export interface BlobResponseInit {
  * Range as 206 with Content-Range, and never a Content-Encoding (clients hash what they get).
  * The blob is leased while it streams so eviction cannot pull it away.
  */
-export async function sendStoredBlob(res: ServerResponse, info: BlobInfo, init: BlobResponseInit): Promise<void> {
+export async function sendStoredBlob(
+  res: ServerResponse,
+  info: BlobInfo,
+  init: BlobResponseInit
+): Promise<void> {
   const range = parseRange(init.rangeHeader, info.size)
   const headers: Record<string, string | number> = {
     'Content-Type': init.contentType ?? 'application/octet-stream',

@@ -89,8 +89,12 @@ export class ShoalMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' })
   }
 
+  /** Runs before every scrape: gauges that mirror state elsewhere (store usage) refresh here. */
+  onScrape: (() => void) | undefined
+
   /** Prometheus text exposition. */
   async render(): Promise<{ contentType: string; body: string }> {
+    this.onScrape?.()
     return { contentType: this.registry.contentType, body: await this.registry.metrics() }
   }
 }

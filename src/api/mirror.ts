@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { parseDigest } from '../content/digest.ts'
-import { BadRequestError, NotFoundError, toShoalError, httpStatusOf } from '../errors.ts'
+import { BadRequestError, httpStatusOf, NotFoundError, toShoalError } from '../errors.ts'
 import type { BlobFetcher } from '../fetch/blob-fetcher.ts'
 import type { ManifestResolver } from '../fetch/manifests.ts'
 import type { Startable } from '../interface/common.ts'
@@ -106,7 +106,10 @@ export class RegistryMirror implements Startable {
       return
     }
     if (url.pathname === '/v2/' || url.pathname === '/v2') {
-      res.writeHead(200, { 'Content-Type': 'application/json', 'Docker-Distribution-API-Version': 'registry/2.0' })
+      res.writeHead(200, {
+        'Content-Type': 'application/json',
+        'Docker-Distribution-API-Version': 'registry/2.0'
+      })
       res.end(head ? undefined : '{}')
       return
     }
@@ -141,7 +144,9 @@ export class RegistryMirror implements Startable {
       }
     }
     if (registry === 'docker.io' && !repository.includes('/')) repository = `library/${repository}`
-    if (!/^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/.test(repository)) {
+    if (
+      !/^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/.test(repository)
+    ) {
       throw new BadRequestError(`invalid repository name "${repository.slice(0, 100)}"`)
     }
     return { registry, repository }
@@ -156,7 +161,13 @@ export class RegistryMirror implements Startable {
       ?.split(',')
       .map((s) => s.trim())
       .filter(Boolean)
-    const q = { registry: r.registry, repository: r.repository, reference: r.reference, accept, signal: r.signal }
+    const q = {
+      registry: r.registry,
+      repository: r.repository,
+      reference: r.reference,
+      accept,
+      signal: r.signal
+    }
     const m = r.head ? await this.#c.manifests.head(q) : await this.#c.manifests.get(q)
     res.writeHead(200, {
       'Content-Type': m.mediaType,
@@ -182,8 +193,8 @@ export class RegistryMirror implements Startable {
     if (!info?.complete) {
       const hint = this.#c.manifests.hint(r.digest)
       if (r.head) {
-        const size = hint?.size ?? (await this.#c.upstreams.resolve(r.registry).statBlob(r.repository, r.digest, r))
-          .size
+        const size =
+          hint?.size ?? (await this.#c.upstreams.resolve(r.registry).statBlob(r.repository, r.digest, r)).size
         res.writeHead(200, {
           'Content-Type': 'application/octet-stream',
           'Content-Length': size,
@@ -194,7 +205,13 @@ export class RegistryMirror implements Startable {
         return
       }
       info = await this.#c.fetcher.fetch(
-        { digest: r.digest, size: hint?.size, mediaType: hint?.mediaType, registry: r.registry, repository: r.repository },
+        {
+          digest: r.digest,
+          size: hint?.size,
+          mediaType: hint?.mediaType,
+          registry: r.registry,
+          repository: r.repository
+        },
         { signal: r.signal }
       )
     }
@@ -211,12 +228,19 @@ export class RegistryMirror implements Startable {
     const e = toShoalError(err)
     const status = httpStatusOf(e)
     const level = status >= 500 && e.code !== 'ABORTED' ? 'warn' : 'debug'
-    this.#log[level]({ method: req.method, path: req.url?.slice(0, 300), code: e.code, err: e.message }, 'mirror request failed')
+    this.#log[level](
+      { method: req.method, path: req.url?.slice(0, 300), code: e.code, err: e.message },
+      'mirror request failed'
+    )
     if (res.headersSent) {
       res.destroy()
       return
     }
-    const body = JSON.stringify({ errors: [{ code: DIST_CODE[e.code] ?? 'UNKNOWN', message: e.message, detail: { code: e.code } }] })
+    const isBlob = /\/blobs\//.test(req.url ?? '')
+    const dist = e.code === 'UPSTREAM_NOT_FOUND' && isBlob ? 'BLOB_UNKNOWN' : DIST_CODE[e.code]
+    const body = JSON.stringify({
+      errors: [{ code: dist ?? 'UNKNOWN', message: e.message, detail: { code: e.code } }]
+    })
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) })
     res.end(req.method === 'HEAD' ? undefined : body)
   }

@@ -1,7 +1,7 @@
-import { mkdir, chmod, rm, stat } from 'node:fs/promises'
+import { chmod, mkdir, rm, stat } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createConnection } from 'node:net'
 import { dirname } from 'node:path'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import { parseDigest } from '../content/digest.ts'
 import { piecesCovering } from '../content/pieces.ts'
@@ -62,10 +62,13 @@ export class SocketApi implements Startable {
     await mkdir(dirname(this.#init.path), { recursive: true, mode: 0o755 })
     await this.#removeStaleSocket()
     const server = createServer((req, res) => {
-      res.on('finish', () => this.#c.metrics.httpRequests.inc({ interface: 'socket', status: res.statusCode }))
+      res.on('finish', () =>
+        this.#c.metrics.httpRequests.inc({ interface: 'socket', status: res.statusCode })
+      )
       this.#handle(req, res).catch((err) => {
         const status = sendError(res, err, req.method === 'HEAD')
-        if (status >= 500) this.#log.warn({ path: req.url?.slice(0, 300), err: toShoalError(err).message }, 'request failed')
+        if (status >= 500)
+          this.#log.warn({ path: req.url?.slice(0, 300), err: toShoalError(err).message }, 'request failed')
       })
     })
     await new Promise<void>((resolve, reject) => {
@@ -100,7 +103,8 @@ export class SocketApi implements Startable {
   async #removeStaleSocket(): Promise<void> {
     const st = await stat(this.#init.path).catch(() => undefined)
     if (!st) return
-    if (!st.isSocket()) throw new InternalError(`${this.#init.path} exists and is not a socket; refusing to replace it`)
+    if (!st.isSocket())
+      throw new InternalError(`${this.#init.path} exists and is not a socket; refusing to replace it`)
     const live = await new Promise<boolean>((resolve) => {
       const c = createConnection(this.#init.path)
       c.once('connect', () => {
@@ -167,7 +171,8 @@ export class SocketApi implements Startable {
     } catch (err) {
       throw err instanceof SyntaxError ? new BadRequestError(`pull body is not JSON: ${err.message}`) : err
     }
-    if (typeof body.reference !== 'string') throw new BadRequestError('pull body needs "reference": "<image ref>"')
+    if (typeof body.reference !== 'string')
+      throw new BadRequestError('pull body needs "reference": "<image ref>"')
     parseReference(body.reference)
     const platform = typeof body.platform === 'string' ? parsePlatform(body.platform) : undefined
     const signal = requestSignal(req, res)
@@ -236,7 +241,13 @@ export class SocketApi implements Startable {
     const ref = q.get('ref')
     if (ref) {
       const r = parseReference(ref)
-      return { digest, registry: r.registry, repository: r.repository, size: hint?.size, mediaType: hint?.mediaType }
+      return {
+        digest,
+        registry: r.registry,
+        repository: r.repository,
+        size: hint?.size,
+        mediaType: hint?.mediaType
+      }
     }
     if (hint) return { digest, ...hint }
     throw new BadRequestError(

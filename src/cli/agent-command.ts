@@ -1,5 +1,6 @@
 import { Agent } from '../agent.ts'
 import { loadConfig } from '../config/load.ts'
+import { ConfigInvalidError } from '../errors.ts'
 import { createLogger } from '../logging.ts'
 
 export interface AgentFlags {
@@ -57,9 +58,7 @@ export async function agentCommand(flags: AgentFlags): Promise<void> {
 function splitPair(s: string, flag: string): [string, string] {
   const i = s.indexOf('=')
   if (i <= 0 || i === s.length - 1) {
-    throw new (class extends Error {
-      code = 'CONFIG_INVALID'
-    })(`${flag} takes host=value, got "${s}"`)
+    throw new ConfigInvalidError(`${flag} takes host=value, got "${s}"`)
   }
   return [s.slice(0, i), s.slice(i + 1)]
 }

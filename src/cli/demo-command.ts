@@ -44,7 +44,9 @@ export async function demoCommand(o: DemoOptions): Promise<void> {
     const img = await writeDemoImage(seed)
     registries[DEMO_REGISTRY] = { layout: seed }
     reference = `${DEMO_REGISTRY}/shoal/demo:${img.tag}`
-    out.write(`seed: ${img.layers.length} layers, ${formatBytes(img.layers.reduce((n, l) => n + l.size, 0))}, manifest ${img.manifestDigest}\n`)
+    out.write(
+      `seed: ${img.layers.length} layers, ${formatBytes(img.layers.reduce((n, l) => n + l.size, 0))}, manifest ${img.manifestDigest}\n`
+    )
   }
 
   // Socket paths must stay under 108 bytes: keep them in a short temporary directory.
@@ -55,7 +57,13 @@ export async function demoCommand(o: DemoOptions): Promise<void> {
   const configFile = join(run, 'agent.yaml')
   await writeFile(
     configFile,
-    stringify({ storeDir, socket: { path: socket }, mirror: { listen: '127.0.0.1:0' }, registries, log: { level: 'warn' } })
+    stringify({
+      storeDir,
+      socket: { path: socket },
+      mirror: { listen: '127.0.0.1:0' },
+      registries,
+      log: { level: 'warn' }
+    })
   )
   out.write(`starting an agent (store ${storeDir})\n`)
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--config', configFile], {
@@ -71,7 +79,9 @@ export async function demoCommand(o: DemoOptions): Promise<void> {
 
     out.write(`\n2) the same image through the registry mirror, as containerd would fetch it\n`)
     const served = await pullThroughMirror(String(status.mirror), reference)
-    out.write(`   ${served.blobs} blobs, ${formatBytes(served.bytes)}, every one checked against its digest by this client\n\n`)
+    out.write(
+      `   ${served.blobs} blobs, ${formatBytes(served.bytes)}, every one checked against its digest by this client\n\n`
+    )
 
     await statusCommand(socket, false, out)
   } finally {
@@ -81,7 +91,10 @@ export async function demoCommand(o: DemoOptions): Promise<void> {
   }
 }
 
-async function waitForAgent(socket: string, exited: Promise<number | null>): Promise<Record<string, unknown>> {
+async function waitForAgent(
+  socket: string,
+  exited: Promise<number | null>
+): Promise<Record<string, unknown>> {
   let dead = false
   exited.then(() => {
     dead = true
@@ -98,7 +111,10 @@ async function waitForAgent(socket: string, exited: Promise<number | null>): Pro
 }
 
 /** Fetches manifest and blobs through the mirror like a runtime, verifying every digest. */
-async function pullThroughMirror(mirror: string, reference: string): Promise<{ blobs: number; bytes: number }> {
+async function pullThroughMirror(
+  mirror: string,
+  reference: string
+): Promise<{ blobs: number; bytes: number }> {
   const ref = parseReference(reference)
   const base = `http://${mirror}/v2/${ref.repository}`
   const ns = `?ns=${encodeURIComponent(ref.registry)}`
@@ -107,7 +123,9 @@ async function pullThroughMirror(mirror: string, reference: string): Promise<{ b
     'application/vnd.docker.distribution.manifest.v2+json',
     'application/vnd.oci.image.index.v1+json'
   ].join(', ')
-  const mres = await fetch(`${base}/manifests/${ref.digest ?? ref.tag ?? 'latest'}${ns}`, { headers: { accept } })
+  const mres = await fetch(`${base}/manifests/${ref.digest ?? ref.tag ?? 'latest'}${ns}`, {
+    headers: { accept }
+  })
   if (!mres.ok) throw new Error(`mirror answered ${mres.status} for the manifest`)
   const manifest = (await mres.json()) as { config: { digest: string }; layers: { digest: string }[] }
   let bytes = 0

@@ -24,7 +24,11 @@ program
   .option('--piece-size <size>', 'piece size, e.g. 4MiB (env SHOAL_PIECE_SIZE)')
   .option('--log-level <level>', 'trace, debug, info, warn, error (env SHOAL_LOG_LEVEL)')
   .option('--registry <host=url>', 'upstream URL for a registry host (repeatable)', collect)
-  .option('--layout <host=dir>', 'serve a registry host from an OCI image layout directory (repeatable)', collect)
+  .option(
+    '--layout <host=dir>',
+    'serve a registry host from an OCI image layout directory (repeatable)',
+    collect
+  )
   .action(agentCommand)
 
 program
@@ -35,7 +39,11 @@ program
   .option('--platform <os/arch>', 'platform to pick from an index')
   .option('--no-progress', 'plain lines instead of bars')
   .action(async (reference: string, o: { socket: string; platform?: string; progress: boolean }) => {
-    await pullCommand(reference, { socket: o.socket, platform: o.platform, tty: o.progress ? undefined : false })
+    await pullCommand(reference, {
+      socket: o.socket,
+      platform: o.platform,
+      tty: o.progress ? undefined : false
+    })
   })
 
 program
@@ -59,7 +67,8 @@ program
 try {
   await program.parseAsync(process.argv)
 } catch (err) {
-  const code = err instanceof ShoalError || (err as { code?: string }).code ? (err as { code: string }).code : 'INTERNAL'
+  const code =
+    err instanceof ShoalError || (err as { code?: string }).code ? (err as { code: string }).code : 'INTERNAL'
   process.stderr.write(`shoal: ${code}: ${(err as Error).message}\n`)
   process.exit(code === 'CONFIG_INVALID' ? 2 : 1)
 }

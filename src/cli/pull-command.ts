@@ -1,7 +1,7 @@
 import cliProgress from 'cli-progress'
 import type { ByteOrigin, PullEvent } from '../fetch/image-puller.ts'
-import { streamAgent, AgentRequestError } from './socket-client.ts'
 import { formatBytes, shortDigest } from './format.ts'
+import { AgentRequestError, streamAgent } from './socket-client.ts'
 
 export interface PullCommandOptions {
   socket: string
@@ -22,7 +22,10 @@ const ORIGIN_LABEL: Record<ByteOrigin, string> = {
  * `shoal pull <ref>`: asks the agent to pull, draws one live bar per layer, and ends by saying
  * where every byte came from. Returns the final event.
  */
-export async function pullCommand(reference: string, options: PullCommandOptions): Promise<PullEvent & { type: 'done' }> {
+export async function pullCommand(
+  reference: string,
+  options: PullCommandOptions
+): Promise<PullEvent & { type: 'done' }> {
   const out = options.out ?? process.stdout
   const tty = options.tty ?? Boolean(out.isTTY)
   const bars = tty
@@ -48,7 +51,9 @@ export async function pullCommand(reference: string, options: PullCommandOptions
     )) {
       switch (e.type) {
         case 'resolved':
-          out.write(`${reference}: ${e.manifestDigest}${e.platform ? ` (${e.platform})` : ''}, ${e.blobs.length} blobs, ${formatBytes(e.blobs.reduce((n, b) => n + b.size, 0))}\n`)
+          out.write(
+            `${reference}: ${e.manifestDigest}${e.platform ? ` (${e.platform})` : ''}, ${e.blobs.length} blobs, ${formatBytes(e.blobs.reduce((n, b) => n + b.size, 0))}\n`
+          )
           for (const b of e.blobs) {
             kinds.set(b.digest, b.kind === 'config' ? 'config' : 'layer ')
             const bar = bars?.create(b.size, 0, {
@@ -66,7 +71,10 @@ export async function pullCommand(reference: string, options: PullCommandOptions
         case 'blob-done': {
           const bar = byDigest.get(e.digest)
           if (bar) bar.update(e.size, { held: formatBytes(e.size) })
-          else out.write(` ${kinds.get(e.digest) ?? 'blob  '} ${shortDigest(e.digest)} ${formatBytes(e.size)} done\n`)
+          else
+            out.write(
+              ` ${kinds.get(e.digest) ?? 'blob  '} ${shortDigest(e.digest)} ${formatBytes(e.size)} done\n`
+            )
           break
         }
         case 'done':
@@ -80,7 +88,9 @@ export async function pullCommand(reference: string, options: PullCommandOptions
     bars?.stop()
   }
   if (!done) throw new AgentRequestError('INTERNAL', 'the agent ended the pull without a result')
-  out.write(`pulled ${reference} in ${(done.durationMs / 1000).toFixed(2)} s, ${formatBytes(done.totalBytes)}:\n`)
+  out.write(
+    `pulled ${reference} in ${(done.durationMs / 1000).toFixed(2)} s, ${formatBytes(done.totalBytes)}:\n`
+  )
   for (const [origin, n] of Object.entries(done.bytes) as [ByteOrigin, number][]) {
     out.write(`  ${formatBytes(n).padStart(10)}  ${ORIGIN_LABEL[origin]}\n`)
   }

@@ -6,12 +6,20 @@ import { ShoalError } from '../errors.ts'
 export class AgentRequestError extends ShoalError {}
 
 /** Calls the agent's socket API and returns the parsed JSON body. */
-export async function callAgent<T>(socketPath: string, method: string, path: string, body?: unknown): Promise<T> {
+export async function callAgent<T>(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: unknown
+): Promise<T> {
   const res = await send(socketPath, method, path, body)
   const text = await new Response(res as unknown as ReadableStream).text()
   const json = text ? JSON.parse(text) : {}
   if ((res.statusCode ?? 500) >= 400) {
-    throw new AgentRequestError(json?.error?.code ?? 'INTERNAL', json?.error?.message ?? `HTTP ${res.statusCode}`)
+    throw new AgentRequestError(
+      json?.error?.code ?? 'INTERNAL',
+      json?.error?.message ?? `HTTP ${res.statusCode}`
+    )
   }
   return json as T
 }
@@ -22,7 +30,10 @@ export async function* streamAgent<T>(socketPath: string, path: string, body: un
   if ((res.statusCode ?? 500) >= 400) {
     const text = await new Response(res as unknown as ReadableStream).text()
     const json = text ? JSON.parse(text) : {}
-    throw new AgentRequestError(json?.error?.code ?? 'INTERNAL', json?.error?.message ?? `HTTP ${res.statusCode}`)
+    throw new AgentRequestError(
+      json?.error?.code ?? 'INTERNAL',
+      json?.error?.message ?? `HTTP ${res.statusCode}`
+    )
   }
   for await (const line of createInterface({ input: res, crlfDelay: Number.POSITIVE_INFINITY })) {
     if (line.trim()) yield JSON.parse(line) as T
@@ -37,13 +48,20 @@ function send(socketPath: string, method: string, path: string, body?: unknown) 
         socketPath,
         method,
         path,
-        headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}
+        headers: payload
+          ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) }
+          : {}
       },
       resolve
     )
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-        reject(new AgentRequestError('AGENT_UNREACHABLE', `no agent answers on ${socketPath} (is \`shoal agent\` running?)`))
+        reject(
+          new AgentRequestError(
+            'AGENT_UNREACHABLE',
+            `no agent answers on ${socketPath} (is \`shoal agent\` running?)`
+          )
+        )
       } else reject(err)
     })
     req.end(payload)

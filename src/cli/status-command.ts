@@ -1,5 +1,5 @@
-import { callAgent } from './socket-client.ts'
 import { formatBytes, shortDigest } from './format.ts'
+import { callAgent } from './socket-client.ts'
 
 interface Status {
   version: string
@@ -31,7 +31,9 @@ export async function statusCommand(socket: string, json: boolean, out = process
     `  transfers ${s.transfers.length}`
   ]
   for (const t of s.transfers) {
-    lines.push(`    ${shortDigest(t.digest)} ${formatBytes(t.bytesHeld)} / ${formatBytes(t.size)} (${t.piecesHeld}/${t.pieceCount} pieces)`)
+    lines.push(
+      `    ${shortDigest(t.digest)} ${formatBytes(t.bytesHeld)} / ${formatBytes(t.size)} (${t.piecesHeld}/${t.pieceCount} pieces)`
+    )
   }
   out.write(`${lines.join('\n')}\n`)
 }
