@@ -135,7 +135,7 @@ describe('BlobFetcher', () => {
     const held = new Set((await store.pieces(digest)).map((p) => p.index))
     assert.ok(held.has(30) && held.has(31))
     assert.ok(held.size < 40, 'returned before the whole blob was in')
-    assert.deepEqual(await store.read(digest, range), bytes.subarray(range.start, range.end))
+    assert.deepEqual(await store.read(digest, range), new Uint8Array(bytes.subarray(range.start, range.end)))
     const first = upstream.requests.findIndex((r) => r.start === 30 * PIECE)
     assert.ok(first < 8, `piece 30 was request #${first}`)
     await fetcher.fetch({ digest, ...at })

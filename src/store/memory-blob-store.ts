@@ -1,0 +1,169 @@
+import type { Logger } from 'pino'
+import { parseDigest } from '../content/digest.ts'
+import { checkGeometry, pieceCount } from '../content/pieces.ts'
+import { BlobUnknownError, SizeMismatchError, StoreClosedError, StoreCorruptError } from '../errors.ts'
+import type { Clock } from '../interface/clock.ts'
+import type { AbortOptions, ByteRange } from '../interface/common.ts'
+import type {
+  BeginBlobInit,
+  BlobInfo,
+  BlobStore,
+  Lease,
+  PieceInfo,
+  PutPieceInit,
+  StoreUsage
+} from '../interface/store.ts'
+import { LruQuota } from './lru-quota.ts'
+import { checkPiece, checkReadRange } from './store-checks.ts'
+
+export interface MemoryBlobStoreComponents {
+  clock: Clock
+  logger: Logger
+}
+
+/**
+ * A `BlobStore` in memory: the same contract as the LevelDB store, for unit tests and the
+ * swarm simulator. Its contents do not survive `stop()`.
+ */
+export class MemoryBlobStore implements BlobStore {
+  readonly #clock: Clock
+  readonly #quota: LruQuota
+  readonly #data = new Map<string, Uint8Array>()
+  readonly #pieces = new Map<string, Map<number, PieceInfo>>()
+  #open = false
+
+  constructor(components: MemoryBlobStoreComponents, init: { quotaBytes: number }) {
+    this.#clock = components.clock
+    this.#quota = new LruQuota(init.quotaBytes)
+  }
+
+  async start(): Promise<void> {
+    this.#open = true
+  }
+
+  async stop(): Promise<void> {
+    this.#open = false
+  }
+
+  async stat(digest: string): Promise<BlobInfo | undefined> {
+    const b = this.#blob(digest, false)
+    return b && { ...b }
+  }
+
+  async begin(digest: string, init: BeginBlobInit, _o?: AbortOptions): Promise<BlobInfo> {
+    this.#check()
+    parseDigest(digest)
+    checkGeometry(init.size, init.pieceSize)
+    const existing = this.#quota.blobs.get(digest)
+    if (existing) {
+      if (existing.size !== init.size || existing.pieceSize !== init.pieceSize) {
+        throw new SizeMismatchError(
+          `blob ${digest} was begun with size ${existing.size} (pieces of ${existing.pieceSize}); now claimed ${init.size} (pieces of ${init.pieceSize})`
+        )
+      }
+      return { ...existing }
+    }
+    for (const victim of this.#quota.victimsFor(digest, init.size)) await this.delete(victim)
+    const info: BlobInfo = {
+      digest,
+      size: init.size,
+      pieceSize: init.pieceSize,
+      pieceCount: pieceCount(init.size, init.pieceSize),
+      ...(init.mediaType !== undefined && { mediaType: init.mediaType }),
+      complete: false,
+      piecesHeld: 0,
+      pinned: false,
+      lastUsed: this.#clock.now()
+    }
+    this.#quota.blobs.set(digest, info)
+    this.#data.set(digest, new Uint8Array(init.size))
+    this.#pieces.set(digest, new Map())
+    return { ...info }
+  }
+
+  async pieces(digest: string): Promise<PieceInfo[]> {
+    this.#check()
+    return [...(this.#pieces.get(digest)?.values() ?? [])].sort((a, b) => a.index - b.index)
+  }
+
+  async putPiece(digest: string, index: number, data: Uint8Array, init: PutPieceInit): Promise<void> {
+    const b = this.#blob(digest, true)
+    const range = checkPiece(b, index, data, init.sha256)
+    const held = this.#pieces.get(digest) as Map<number, PieceInfo>
+    if (held.has(index)) return
+    this.#data.get(digest)?.set(data, range.start)
+    held.set(index, { index, sha256: init.sha256, source: init.source })
+    b.piecesHeld = held.size
+  }
+
+  async read(digest: string, range: ByteRange): Promise<Uint8Array> {
+    const b = this.#blob(digest, true)
+    checkReadRange(b, range, this.#pieces.get(digest)?.keys() ?? [])
+    return (this.#data.get(digest) as Uint8Array).slice(range.start, range.end)
+  }
+
+  async *stream(digest: string, range?: ByteRange): AsyncIterable<Uint8Array> {
+    const b = this.#blob(digest, true)
+    if (!b.complete) throw new BlobUnknownError(`blob ${digest} is not complete`)
+    const r = range ?? { start: 0, end: b.size }
+    checkReadRange(b, r, this.#pieces.get(digest)?.keys() ?? [])
+    const data = this.#data.get(digest) as Uint8Array
+    for (let at = r.start; at < r.end; at += 256 * 1024)
+      yield data.slice(at, Math.min(at + 256 * 1024, r.end))
+  }
+
+  async complete(digest: string): Promise<BlobInfo> {
+    const b = this.#blob(digest, true)
+    if (b.piecesHeld !== b.pieceCount) {
+      throw new StoreCorruptError(
+        `blob ${digest} cannot complete: ${b.piecesHeld} of ${b.pieceCount} pieces held`
+      )
+    }
+    b.complete = true
+    b.lastUsed = this.#clock.now()
+    return { ...b }
+  }
+
+  async delete(digest: string): Promise<void> {
+    this.#check()
+    this.#quota.blobs.delete(digest)
+    this.#data.delete(digest)
+    this.#pieces.delete(digest)
+  }
+
+  async setPinned(digest: string, pinned: boolean): Promise<void> {
+    this.#blob(digest, true).pinned = pinned
+  }
+
+  acquire(digest: string): Lease {
+    return this.#quota.acquire(digest)
+  }
+
+  async touch(digest: string): Promise<void> {
+    const b = this.#blob(digest, false)
+    if (b) b.lastUsed = this.#clock.now()
+  }
+
+  async list(): Promise<BlobInfo[]> {
+    this.#check()
+    return [...this.#quota.blobs.values()].map((b) => ({ ...b }))
+  }
+
+  usage(): StoreUsage {
+    this.#check()
+    return this.#quota.usage()
+  }
+
+  #check(): void {
+    if (!this.#open) throw new StoreClosedError('the store is not open')
+  }
+
+  #blob(digest: string, required: true): BlobInfo
+  #blob(digest: string, required: false): BlobInfo | undefined
+  #blob(digest: string, required: boolean): BlobInfo | undefined {
+    this.#check()
+    const b = this.#quota.blobs.get(digest)
+    if (!b && required) throw new BlobUnknownError(`the store has no blob ${digest}`)
+    return b
+  }
+}
