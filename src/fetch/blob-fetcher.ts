@@ -1,12 +1,16 @@
 import pLimit, { type LimitFunction } from 'p-limit'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
-import { DEFAULT_PIECE_SIZE, DEFAULT_REGISTRY_PIECE_CONCURRENCY, DEFAULT_REGISTRY_STREAMS } from '../constants.ts'
+import {
+  DEFAULT_PIECE_SIZE,
+  DEFAULT_REGISTRY_PIECE_CONCURRENCY,
+  DEFAULT_REGISTRY_STREAMS
+} from '../constants.ts'
 import { parseDigest } from '../content/digest.ts'
 import { piecesCovering } from '../content/pieces.ts'
 import { AbortedError, RangeNotSatisfiableError } from '../errors.ts'
-import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
 import type { Clock } from '../interface/clock.ts'
+import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
 import type { BlobInfo, BlobStore } from '../interface/store.ts'
 import type { UpstreamResolver } from '../interface/upstream.ts'
 import { type BlobProgress, BlobTransfer } from './transfer.ts'
@@ -167,7 +171,8 @@ export class BlobFetcher implements Startable {
   async #open(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
     const upstream = this.#c.upstreams.resolve(req.registry)
     const known = await this.#c.store.stat(req.digest, options)
-    const size = known?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
+    const size =
+      known?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
     const info = await this.#c.store.begin(
       req.digest,
       { size, pieceSize: known?.pieceSize ?? this.#pieceSize, mediaType: req.mediaType },
@@ -193,7 +198,9 @@ export class BlobFetcher implements Startable {
 
 function checkRange(range: ByteRange, size: number): void {
   if (range.start < 0 || range.end > size || range.start >= range.end) {
-    throw new RangeNotSatisfiableError(`range ${range.start}-${range.end - 1} is outside the blob (${size} bytes)`)
+    throw new RangeNotSatisfiableError(
+      `range ${range.start}-${range.end - 1} is outside the blob (${size} bytes)`
+    )
   }
 }
 

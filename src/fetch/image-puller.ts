@@ -1,10 +1,10 @@
-import { InvalidManifestError } from '../errors.ts'
 import type { Logger } from 'pino'
+import { InvalidManifestError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { PieceSource } from '../interface/store.ts'
 import type { Descriptor } from '../oci/manifest.ts'
-import { type Platform, defaultPlatform, selectManifest } from '../oci/platform.ts'
+import { defaultPlatform, type Platform, selectManifest } from '../oci/platform.ts'
 import { parseReference } from '../oci/reference.ts'
 import type { BlobFetcher } from './blob-fetcher.ts'
 import type { ManifestResolver } from './manifests.ts'
@@ -77,7 +77,11 @@ export class ImagePuller {
     const ref = parseReference(reference)
     const at = { registry: ref.registry, repository: ref.repository }
     const emit = options.onEvent ?? (() => {})
-    let m = await this.#c.manifests.get({ ...at, reference: ref.digest ?? ref.tag ?? 'latest', signal: options.signal })
+    let m = await this.#c.manifests.get({
+      ...at,
+      reference: ref.digest ?? ref.tag ?? 'latest',
+      signal: options.signal
+    })
     let parsed = this.#c.manifests.parse(m.bytes, m.mediaType, at)
     let platform: string | undefined
     if (parsed.kind === 'index') {
@@ -122,7 +126,8 @@ export class ImagePuller {
           }
         )
         const origin = originOf(last, b.size)
-        for (const [k, v] of Object.entries(origin) as [ByteOrigin, number][]) totals[k] = (totals[k] ?? 0) + v
+        for (const [k, v] of Object.entries(origin) as [ByteOrigin, number][])
+          totals[k] = (totals[k] ?? 0) + v
         emit({ type: 'blob-done', digest: b.digest, size: b.size, origin })
       })
     )

@@ -1,9 +1,9 @@
 import type { Logger } from 'pino'
 import { isDigest, parseDigest } from '../content/digest.ts'
-import { type ParsedManifest, parseManifest } from '../oci/manifest.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { BlobStore } from '../interface/store.ts'
 import type { ManifestHead, UpstreamResolver } from '../interface/upstream.ts'
+import { type ParsedManifest, parseManifest } from '../oci/manifest.ts'
 import { putVerifiedBlob } from './put-blob.ts'
 
 /** What is known about a blob from a manifest that named it: its size, type and home. */
@@ -67,7 +67,10 @@ export class ManifestResolver {
       parseDigest(req.reference) // a digest Shoal cannot verify: refuse with a clear error
     }
     const upstream = this.#c.upstreams.resolve(req.registry)
-    const m = await upstream.getManifest(req.repository, req.reference, { accept: req.accept, signal: req.signal })
+    const m = await upstream.getManifest(req.repository, req.reference, {
+      accept: req.accept,
+      signal: req.signal
+    })
     this.#learn(m.bytes, m.mediaType, req)
     await putVerifiedBlob(
       this.#c.store,

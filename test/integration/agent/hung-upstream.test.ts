@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { type TestAgent, removeAgentDir, startAgent } from '../../harness/agent.ts'
+import { removeAgentDir, startAgent, type TestAgent } from '../../harness/agent.ts'
 import { type HungServer, startHungServer } from '../../harness/hung-server.ts'
 
 // containerd 1.6 has no timeout on a mirror that accepts and never answers: the agent must
@@ -15,7 +15,9 @@ describe('an upstream that hangs', () => {
     stalling = await startHungServer('headers-then-stall')
     agent = await startAgent({
       registries: { [silent.host]: { url: silent.url }, [stalling.host]: { url: stalling.url } },
-      config: { upstream: { connectTimeout: '1s', responseTimeout: '1500ms', bodyTimeout: '1500ms', retries: 1 } }
+      config: {
+        upstream: { connectTimeout: '1s', responseTimeout: '1500ms', bodyTimeout: '1500ms', retries: 1 }
+      }
     })
   })
   after(async () => {
@@ -29,9 +31,12 @@ describe('an upstream that hangs', () => {
     it(`answers a manifest request with 504 instead of hanging (${mode})`, async () => {
       const host = mode === 'silent' ? silent.host : stalling.host
       const started = performance.now()
-      const res = await fetch(`http://${agent.mirror}/v2/app/manifests/latest?ns=${encodeURIComponent(host)}`, {
-        signal: AbortSignal.timeout(30_000)
-      })
+      const res = await fetch(
+        `http://${agent.mirror}/v2/app/manifests/latest?ns=${encodeURIComponent(host)}`,
+        {
+          signal: AbortSignal.timeout(30_000)
+        }
+      )
       const body = (await res.json()) as { errors: { code: string }[] }
       assert.ok(res.status >= 500, `status ${res.status}`)
       assert.ok(body.errors.length > 0)
@@ -42,9 +47,12 @@ describe('an upstream that hangs', () => {
 
   it('answers a blob request with an error, and stays up', async () => {
     const digest = `sha256:${'4'.repeat(64)}`
-    const res = await fetch(`http://${agent.mirror}/v2/app/blobs/${digest}?ns=${encodeURIComponent(stalling.host)}`, {
-      signal: AbortSignal.timeout(30_000)
-    })
+    const res = await fetch(
+      `http://${agent.mirror}/v2/app/blobs/${digest}?ns=${encodeURIComponent(stalling.host)}`,
+      {
+        signal: AbortSignal.timeout(30_000)
+      }
+    )
     assert.ok(res.status >= 500, `status ${res.status}`)
     await res.arrayBuffer()
     const status = await agent.status()
