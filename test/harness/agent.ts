@@ -60,9 +60,13 @@ export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
     })
   )
   let output = ''
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--config', configFile], {
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
+  const child: ChildProcess = spawn(
+    process.execPath,
+    ['--import', 'tsx', MAIN, 'agent', '--config', configFile],
+    {
+      stdio: ['ignore', 'pipe', 'pipe']
+    }
+  )
   child.stdout?.on('data', (d) => {
     output += d
   })

@@ -44,7 +44,10 @@ export async function startThrottleProxy(target: string, bytesPerSecond: number)
         for (let i = 0; i < chunk.length; i += 16 * 1024) slices.push(chunk.subarray(i, i + 16 * 1024))
         const push = (): void => {
           const s = slices.shift()
-          if (!s) return done()
+          if (!s) {
+            done()
+            return
+          }
           setTimeout(() => {
             if (digest) counts.set(digest, (counts.get(digest) ?? 0) + s.length)
             this.push(s)
