@@ -4,11 +4,10 @@ import { beforeEach, describe, it } from 'node:test'
 import { pino } from 'pino'
 import { ShoalMetrics } from '../../../src/api/metrics.ts'
 import { systemClock } from '../../../src/clock.ts'
-import { digestOf } from '../../../src/content/digest.ts'
+import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { BlobFetcher } from '../../../src/fetch/blob-fetcher.ts'
 import type { BlobProgress } from '../../../src/fetch/transfer.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
-import { sha256Hex } from '../../../src/content/digest.ts'
 import { MemoryUpstream, unavailable } from './memory-upstream.ts'
 
 const PIECE = 64 * 1024
@@ -122,7 +121,10 @@ describe('BlobFetcher', () => {
     const info = await fetcher.fetch({ digest, ...at })
     assert.equal(info.complete, true)
     const again = upstream.requests.map((r) => r.start / PIECE).sort((a, b) => a - b)
-    assert.deepEqual(again, [0, 1, 2, 3, 4, 5, 6, 7].filter((i) => !held.includes(i)))
+    assert.deepEqual(
+      again,
+      [0, 1, 2, 3, 4, 5, 6, 7].filter((i) => !held.includes(i))
+    )
     assert.deepEqual(await collect(store.stream(digest)), bytes)
   })
 
@@ -150,9 +152,12 @@ describe('BlobFetcher', () => {
 
   it('rejects malformed digests before any request', async () => {
     await assert.rejects(fetcher.fetch({ digest: 'sha256:xyz', ...at }), { code: 'INVALID_DIGEST' })
-    await assert.rejects(fetcher.fetch({ digest: digestOf(new Uint8Array(1)).replace('sha256', 'md5'), ...at }), {
-      code: 'INVALID_DIGEST'
-    })
+    await assert.rejects(
+      fetcher.fetch({ digest: digestOf(new Uint8Array(1)).replace('sha256', 'md5'), ...at }),
+      {
+        code: 'INVALID_DIGEST'
+      }
+    )
     assert.equal(upstream.requests.length, 0)
   })
 })

@@ -44,7 +44,11 @@ export class MemoryUpstream implements Upstream, UpstreamResolver {
     return d
   }
 
-  async getManifest(_repo: string, reference: string, _o?: ManifestRequestOptions): Promise<ManifestResponse> {
+  async getManifest(
+    _repo: string,
+    reference: string,
+    _o?: ManifestRequestOptions
+  ): Promise<ManifestResponse> {
     const digest = this.tags.get(reference) ?? reference
     const m = this.manifests.get(digest)
     if (!m) throw new UpstreamNotFoundError(`manifest ${reference} not found`)
