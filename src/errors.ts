@@ -78,6 +78,8 @@ export const NotFoundError = define('NOT_FOUND', 'NotFoundError')
 export const AbortedError = define('ABORTED', 'AbortedError')
 /** Something failed that has no more specific code. */
 export const InternalError = define('INTERNAL', 'InternalError')
+/** A peer broke the piece protocol: malformed, unknown or oversized frame. */
+export const ProtocolViolationError = define('PROTOCOL_VIOLATION', 'ProtocolViolationError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -105,7 +107,8 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   BAD_REQUEST: 400,
   NOT_FOUND: 404,
   ABORTED: 499,
-  INTERNAL: 500
+  INTERNAL: 500,
+  PROTOCOL_VIOLATION: 502
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */
