@@ -86,7 +86,11 @@ export class Agent implements Startable {
     this.mirror = config.mirror.enabled
       ? new RegistryMirror(
           { ...api, upstreams: this.upstreams },
-          { listen: config.mirror.listen, defaultRegistry: config.mirror.defaultRegistry }
+          {
+            listen: config.mirror.listen,
+            defaultRegistry: config.mirror.defaultRegistry,
+            prefetch: config.mirror.prefetch
+          }
         )
       : undefined
   }

@@ -19,9 +19,9 @@ export const MAX_MANIFEST_SIZE = 4 * MiB
 /** Default disk quota of the store. */
 export const DEFAULT_STORE_QUOTA = 20 * GiB
 /** Parallel piece requests per blob to the seed registry. */
-export const DEFAULT_REGISTRY_PIECE_CONCURRENCY = 8
+export const DEFAULT_REGISTRY_PIECE_CONCURRENCY = 4
 /** Cap on concurrent Range streams to the seed registry across all blobs. */
-export const DEFAULT_REGISTRY_STREAMS = 16
+export const DEFAULT_REGISTRY_STREAMS = 8
 /** Time the upstream gets to start answering (headers) before the request fails. */
 export const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT = 10 * second
 /** Time allowed to open a connection to the upstream. */

@@ -80,6 +80,8 @@ export const AbortedError = define('ABORTED', 'AbortedError')
 export const InternalError = define('INTERNAL', 'InternalError')
 /** A peer broke the piece protocol: malformed, unknown or oversized frame. */
 export const ProtocolViolationError = define('PROTOCOL_VIOLATION', 'ProtocolViolationError')
+/** The swarm key (the libp2p private-network pre-shared key) is missing or malformed. */
+export const SwarmKeyInvalidError = define('SWARM_KEY_INVALID', 'SwarmKeyInvalidError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -108,7 +110,8 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   NOT_FOUND: 404,
   ABORTED: 499,
   INTERNAL: 500,
-  PROTOCOL_VIOLATION: 502
+  PROTOCOL_VIOLATION: 502,
+  SWARM_KEY_INVALID: 500
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */

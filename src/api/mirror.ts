@@ -26,6 +26,11 @@ export interface RegistryMirrorInit {
   listen: string
   /** Upstream for requests that name no registry. */
   defaultRegistry: string
+  /**
+   * On a manifest GET, start fetching its config and layers at once, before the runtime asks:
+   * the runtime's next round trips overlap the agent's fetch. Default true.
+   */
+  prefetch?: boolean
 }
 
 /** Distribution error codes clients understand, by Shoal code. */
@@ -100,7 +105,19 @@ export class RegistryMirror implements Startable {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://mirror')
     const head = req.method === 'HEAD'
-    res.on('finish', () => this.#c.metrics.httpRequests.inc({ interface: 'mirror', status: res.statusCode }))
+    const started = performance.now()
+    res.on('finish', () => {
+      this.#c.metrics.httpRequests.inc({ interface: 'mirror', status: res.statusCode })
+      this.#log.debug(
+        {
+          method: req.method,
+          path: url.pathname,
+          status: res.statusCode,
+          ms: Math.round(performance.now() - started)
+        },
+        'mirror request'
+      )
+    })
     if (req.method !== 'GET' && !head) {
       res.writeHead(405, { Allow: 'GET, HEAD' }).end()
       return
@@ -182,6 +199,25 @@ export class RegistryMirror implements Startable {
     const bytes = (m as { bytes: Uint8Array }).bytes
     res.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))
     this.#c.metrics.bytesServed.inc({ interface: 'mirror' }, m.size)
+    if (this.#init.prefetch !== false) this.#prefetch(bytes, m.mediaType, r)
+  }
+
+  /** Starts the fetch of every blob a manifest names; errors surface when the runtime asks. */
+  #prefetch(bytes: Uint8Array, mediaType: string, at: { registry: string; repository: string }): void {
+    let parsed: ReturnType<ManifestResolver['parse']>
+    try {
+      parsed = this.#c.manifests.parse(bytes, mediaType, at)
+    } catch {
+      return // served verbatim; the runtime will judge it
+    }
+    if (parsed.kind !== 'manifest') return
+    for (const d of [parsed.config, ...parsed.layers]) {
+      this.#c.fetcher
+        .fetch({ digest: d.digest, size: d.size, mediaType: d.mediaType, ...at })
+        .catch((err) =>
+          this.#log.debug({ digest: d.digest, err: toShoalError(err).message }, 'prefetch failed')
+        )
+    }
   }
 
   async #blob(

@@ -82,7 +82,9 @@ export const configSchema = z.strictObject({
       /** Address of the localhost registry mirror; loopback by default. */
       listen: hostPort.default(DEFAULT_MIRROR_LISTEN),
       /** Upstream for mirror requests that name no registry (no `?ns=`, no host in the path). */
-      defaultRegistry: z.string().min(1).default('docker.io')
+      defaultRegistry: z.string().min(1).default('docker.io'),
+      /** Start fetching a manifest's config and layers as soon as the runtime reads the manifest. */
+      prefetch: z.boolean().default(true)
     })
     .prefault({}),
   /** Upstream registries by host as it appears in image references. */

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, webcrypto } from 'node:crypto'
 import { DigestMismatchError, InvalidDigestError } from '../errors.ts'
 
 const DIGEST_RE = /^sha256:[a-f0-9]{64}$/
@@ -23,6 +23,14 @@ export function parseDigest(s: string): string {
 /** Lower-case hex sha256 of bytes. */
 export function sha256Hex(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex')
+}
+
+/**
+ * Lower-case hex sha256 of bytes, computed on libuv's thread pool (WebCrypto) so the event loop
+ * stays free: used for pieces, where the main thread is busy with the whole-blob hash.
+ */
+export async function sha256HexAsync(data: Uint8Array): Promise<string> {
+  return Buffer.from(await webcrypto.subtle.digest('SHA-256', data)).toString('hex')
 }
 
 /** `sha256:<hex>` of bytes. */

@@ -1,4 +1,3 @@
-import pLimit, { type LimitFunction } from 'p-limit'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import {
@@ -13,6 +12,8 @@ import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
 import type { BlobInfo, BlobStore } from '../interface/store.ts'
 import type { UpstreamResolver } from '../interface/upstream.ts'
+import { BufferPool } from './buffer-pool.ts'
+import { PriorityLimit } from './priority-limit.ts'
 import { type BlobProgress, BlobTransfer } from './transfer.ts'
 
 /** A blob to bring in, and where the seed keeps it. */
@@ -65,7 +66,9 @@ export class BlobFetcher implements Startable {
   readonly #c: BlobFetcherComponents
   readonly #pieceSize: number
   readonly #concurrency: number
-  readonly #streams: LimitFunction
+  readonly #streams: PriorityLimit
+  #transferSeq = 0
+  readonly #buffers: BufferPool
   readonly #transfers = new Map<string, Promise<BlobTransfer>>()
   readonly #live = new Map<string, BlobTransfer>()
   readonly #log: Logger
@@ -74,7 +77,8 @@ export class BlobFetcher implements Startable {
     this.#c = components
     this.#pieceSize = init.pieceSize ?? DEFAULT_PIECE_SIZE
     this.#concurrency = init.registryConcurrency ?? DEFAULT_REGISTRY_PIECE_CONCURRENCY
-    this.#streams = pLimit(init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
+    this.#streams = new PriorityLimit(init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
+    this.#buffers = new BufferPool(this.#pieceSize, init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
     this.#log = components.logger.child({ component: 'fetch' })
   }
 
@@ -187,9 +191,16 @@ export class BlobFetcher implements Startable {
         clock: this.#c.clock,
         logger: this.#log,
         registryStreams: this.#streams,
+        buffers: this.#buffers,
         metrics: this.#c.metrics
       },
-      { info, repository: req.repository, held, concurrency: this.#concurrency }
+      {
+        info,
+        repository: req.repository,
+        held,
+        concurrency: this.#concurrency,
+        priority: this.#transferSeq++
+      }
     )
     this.#live.set(req.digest, transfer)
     return transfer

@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto'
-import type { LimitFunction } from 'p-limit'
+import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { sha256Hex } from '../content/digest.ts'
@@ -8,6 +8,15 @@ import { AbortedError, DigestMismatchError, toShoalError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { BlobInfo, BlobStore, Lease, PieceSource } from '../interface/store.ts'
 import type { Upstream } from '../interface/upstream.ts'
+import type { BufferPool } from './buffer-pool.ts'
+import type { PriorityLimit } from './priority-limit.ts'
+
+/** One signal is shared by every piece request of a transfer: lift the listener warning. */
+function abortController(): AbortController {
+  const c = new AbortController()
+  setMaxListeners(Number.POSITIVE_INFINITY, c.signal)
+  return c
+}
 
 /** Progress of one blob, sent to every listener after each verified piece. */
 export interface BlobProgress {
@@ -26,8 +35,10 @@ export interface BlobTransferComponents {
   upstream: Upstream
   clock: Clock
   logger: Logger
-  /** Caps concurrent Range requests to seed registries across all transfers. */
-  registryStreams: LimitFunction
+  /** Caps concurrent Range requests to seed registries across all transfers, oldest first. */
+  registryStreams: PriorityLimit
+  /** Piece buffers reused across transfers. */
+  buffers?: BufferPool
   metrics?: ShoalMetrics
 }
 
@@ -38,6 +49,8 @@ export interface BlobTransferInit {
   held: Iterable<number>
   /** Parallel piece requests for this blob. */
   concurrency: number
+  /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
+  priority?: number
 }
 
 /**
@@ -54,20 +67,20 @@ export class BlobTransfer {
   readonly #c: BlobTransferComponents
   readonly #repository: string
   readonly #concurrency: number
+  readonly #rank: number
   readonly #held = new Set<number>()
   readonly #inflight = new Set<number>()
   readonly #priority: number[] = []
   #cursor = 0
   readonly #waiters = new Set<{ pieces: number[]; resolve: () => void; reject: (e: Error) => void }>()
   readonly #listeners = new Set<(p: BlobProgress) => void>()
-  readonly #abort = new AbortController()
+  readonly #abort = abortController()
   readonly #source: PieceSource
   #fetched = 0
   readonly #resumed: number
   // Whole-blob digest, computed in piece order as pieces land, so completion costs no re-read.
   readonly #hash: Hash = createHash('sha256')
   #hashedUpTo = 0
-  readonly #pending = new Map<number, Uint8Array>()
   #hashChain: Promise<void> = Promise.resolve()
   #failure: Error | undefined
   #done: Promise<BlobInfo> | undefined
@@ -81,6 +94,7 @@ export class BlobTransfer {
     this.count = pieceCount(this.size, this.pieceSize)
     this.#repository = init.repository
     this.#concurrency = init.concurrency
+    this.#rank = init.priority ?? 0
     this.#source = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (const i of init.held) this.#held.add(i)
     this.#resumed = [...this.#held].reduce((n, i) => n + this.#len(i), 0)
@@ -205,18 +219,34 @@ export class BlobTransfer {
     const range = pieceRange(i, this.size, this.pieceSize)
     const whole = range.start === 0 && range.end === this.size
     const signal = this.#abort.signal
-    const data = await this.#c.registryStreams(() =>
-      this.#c.upstream.fetchBlob(this.#repository, this.digest, whole ? { signal } : { range, signal })
-    )
-    // The seed is the root of trust: a piece from it is hashed here, and the hash is what the
-    // piece list records. The whole-blob digest check at the end is what vouches for it.
-    const sha256 = sha256Hex(data)
-    await this.#c.store.putPiece(this.digest, i, data, { sha256, source: this.#source }, { signal })
-    this.#held.add(i)
-    this.#fetched += data.length
-    this.#c.metrics?.bytesFetched.inc({ source: this.#source }, data.length)
-    this.#c.metrics?.pieceSeconds.observe({ source: this.#source }, (this.#c.clock.now() - started) / 1000)
-    if (i >= this.#hashedUpTo && this.#pending.size < this.#concurrency * 2) this.#pending.set(i, data)
+    const into = this.#c.buffers?.acquire(range.end - range.start)
+    try {
+      const get = () =>
+        this.#c.upstream.fetchBlob(
+          this.#repository,
+          this.digest,
+          whole ? { signal, into } : { range, signal, into }
+        )
+      // A blob of one piece (a config, a small layer) skips the queue for registry streams: the
+      // runtime usually waits on it before anything else, and it costs one short request.
+      const data = this.count <= 1 ? await get() : await this.#c.registryStreams.run(this.#rank, get)
+      // The seed is the root of trust: a piece from it is hashed here, and the hash is what the
+      // piece list records. The whole-blob digest check at the end vouches for it.
+      const sha256 = sha256Hex(data)
+      await this.#c.store.putPiece(this.digest, i, data, { sha256, source: this.#source }, { signal })
+      this.#held.add(i)
+      // The piece the whole-blob hash needs next is hashed now, while it is in memory; any other
+      // is read back from the store (the page cache) when its turn comes.
+      if (i === this.#hashedUpTo) {
+        this.#hash.update(data)
+        this.#hashedUpTo++
+      }
+      this.#fetched += data.length
+      this.#c.metrics?.bytesFetched.inc({ source: this.#source }, data.length)
+      this.#c.metrics?.pieceSeconds.observe({ source: this.#source }, (this.#c.clock.now() - started) / 1000)
+    } finally {
+      if (into) this.#c.buffers?.release(into)
+    }
     this.#scheduleHashing()
     for (const w of this.#waiters) {
       if (w.pieces.every((p) => this.#held.has(p))) {
@@ -235,12 +265,10 @@ export class BlobTransfer {
   async #hashHeldPrefix(): Promise<void> {
     while (this.#hashedUpTo < this.count && this.#held.has(this.#hashedUpTo)) {
       const i = this.#hashedUpTo
-      let data = this.#pending.get(i)
-      if (data === undefined) {
-        // Held before this transfer (resume) or dropped from the bounded buffer: read it back.
-        data = await this.#c.store.read(this.digest, pieceRange(i, this.size, this.pieceSize))
-      }
-      this.#pending.delete(i)
+      // Held before this transfer (resume) or landed out of order: read it back.
+      const data = await this.#c.store.read(this.digest, pieceRange(i, this.size, this.pieceSize))
+      // A piece fetched meanwhile may have been hashed inline and moved the prefix on.
+      if (this.#hashedUpTo !== i) continue
       this.#hash.update(data)
       this.#hashedUpTo++
     }
@@ -260,6 +288,15 @@ export class BlobTransfer {
     }
     const info = await this.#c.store.complete(this.digest)
     this.#c.metrics?.blobsCompleted.inc()
+    this.#c.logger.debug(
+      {
+        digest: this.digest,
+        size: this.size,
+        fetched: this.#fetched,
+        ms: this.#c.clock.now() - this.startedAt
+      },
+      'blob complete'
+    )
     return info
   }
 }

@@ -53,10 +53,11 @@ export interface Lease {
 }
 
 /**
- * Piece data on disk plus an index. The index is the commit point: a piece is "held" only after
- * its bytes are durable, so a crash at any moment leaves a consistent store, and partial blobs
- * resume after a restart. Unverified bytes never reach `putPiece`: callers check every piece
- * against its sha256 first, and the whole blob against its digest before `complete`.
+ * Piece data on disk plus an index. The index is the commit point: a piece is "held" only once
+ * its record exists, written after its bytes, so a crash at any moment leaves a consistent
+ * store, and partial blobs resume after a restart (their held pieces re-hashed first).
+ * Unverified bytes never reach `putPiece`: callers hash every piece and pass the hash, and
+ * check the whole blob against its digest before `complete`.
  */
 export interface BlobStore extends Startable {
   /** The blob's record, or undefined when the store has never begun it. */
@@ -70,7 +71,7 @@ export interface BlobStore extends Startable {
   begin(digest: string, init: BeginBlobInit, options?: AbortOptions): Promise<BlobInfo>
   /** The verified pieces held for a blob, in index order. */
   pieces(digest: string, options?: AbortOptions): Promise<PieceInfo[]>
-  /** Write one verified piece durably, then record it. Idempotent. */
+  /** Write one verified piece (its `sha256` computed by the caller), then record it. Idempotent. */
   putPiece(
     digest: string,
     index: number,

@@ -25,6 +25,11 @@ export interface ManifestRequestOptions extends AbortOptions {
 export interface FetchBlobOptions extends AbortOptions {
   /** Fetch only these bytes (HTTP Range). Without it the whole blob. */
   range?: ByteRange
+  /**
+   * Read the bytes into this buffer (at least as long as the range) instead of a new one; the
+   * result is then a view of it. Lets the fetcher reuse a few piece buffers for a whole pull.
+   */
+  into?: Uint8Array
 }
 
 /**

@@ -264,10 +264,12 @@ export class RegistryUpstream implements Upstream {
             `${this.#where(what)}: 206 with Content-Range "${header(res, 'content-range') ?? ''}"`
           )
         }
-        return this.#readExactly(res, 0, range.end - range.start, what, 'forbidden')
+        return this.#readExactly(res, 0, range.end - range.start, what, 'forbidden', options.into)
       }
       if (res.statusCode === 200) {
-        if (range) return this.#readExactly(res, range.start, range.end - range.start, what, 'may-follow')
+        if (range) {
+          return this.#readExactly(res, range.start, range.end - range.start, what, 'may-follow', options.into)
+        }
         const length = contentLength(res)
         if (length === undefined) return readCapped(res, Number.MAX_SAFE_INTEGER, () => this.#where(what))
         return this.#readExactly(res, 0, length, what, 'forbidden')
@@ -533,13 +535,14 @@ export class RegistryUpstream implements Upstream {
     skip: number,
     count: number,
     what: string,
-    rest: 'may-follow' | 'forbidden'
+    rest: 'may-follow' | 'forbidden',
+    into?: Uint8Array
   ): Promise<Uint8Array> {
     if (count > MAX_BLOB_SIZE) {
       await res.body.dump()
       throw new UpstreamProtocolError(`${this.#where(what)}: ${count} bytes is beyond any blob Shoal accepts`)
     }
-    const out = new Uint8Array(count)
+    const out = into && into.byteLength >= count ? into.subarray(0, count) : new Uint8Array(count)
     // Offset of the next chunk's first byte relative to the start of the wanted bytes.
     let pos = -skip
     for await (const chunk of res.body as AsyncIterable<Buffer>) {

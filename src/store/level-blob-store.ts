@@ -3,11 +3,13 @@ import { type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promise
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { Logger } from 'pino'
-import { digestHex, parseDigest, sha256Hex } from '../content/digest.ts'
+import { digestHex, isDigest, parseDigest, sha256Hex } from '../content/digest.ts'
 import { checkGeometry, pieceCount, pieceRange } from '../content/pieces.ts'
 import {
   BlobUnknownError,
   DiskFullError,
+  InternalError,
+  ShoalError,
   SizeMismatchError,
   StoreClosedError,
   StoreCorruptError
@@ -61,10 +63,12 @@ const pieceKey = (digest: string, index: number) => `p!${digest}!${String(index)
 
 /**
  * The production `BlobStore`: one sparse data file per blob and a LevelDB index. A piece is
- * written at its offset and fdatasync'ed before its index record is put, so the record is the
- * commit point: a crash at any moment leaves either a held, durable piece or no record at all.
- * On start the store drops data files with no record and records with no data file, and
- * re-hashes every held piece of a partial blob, so a torn write can never be served.
+ * written at its offset before its index record is put, so a record never names bytes that
+ * were not written. Partial blobs are not fsync'ed piece by piece (that cost more than the
+ * network on a fast registry): instead, on start the store re-hashes every held piece of every
+ * partial blob against its record and drops those that a power loss tore or lost, and drops
+ * data files with no record and records with no data file. A blob is fsync'ed once, before
+ * the synchronous index write that marks it complete; complete blobs are trusted after that.
  */
 export class LevelBlobStore implements BlobStore {
   readonly #log: Logger
@@ -74,6 +78,8 @@ export class LevelBlobStore implements BlobStore {
   readonly #quota: LruQuota
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
   readonly #writers = new Map<string, Promise<FileHandle>>()
+  /** Removals in progress, by digest (see `#purge`). */
+  readonly #purging = new Map<string, Promise<void>>()
   #db: Level<string, IndexValue> | undefined
 
   constructor(components: LevelBlobStoreComponents, init: LevelBlobStoreInit) {
@@ -106,6 +112,7 @@ export class LevelBlobStore implements BlobStore {
     const db = this.#db
     if (!db) return
     this.#db = undefined
+    await Promise.allSettled([...this.#purging.values()])
     for (const digest of [...this.#writers.keys()]) await this.#closeWriter(digest)
     await db.close()
     this.#quota.blobs.clear()
@@ -130,9 +137,12 @@ export class LevelBlobStore implements BlobStore {
       }
       return { ...existing }
     }
+    // Choose the victims, forget them and claim the room in one synchronous step, so that
+    // concurrent begins can neither count the same victims nor fit in the same free bytes.
+    const evicted: Promise<void>[] = []
     for (const victim of this.#quota.victimsFor(digest, init.size)) {
       this.#log.info({ digest: victim }, 'evicting least recently used blob')
-      await this.delete(victim)
+      evicted.push(this.#purge(db, victim))
     }
     const info: BlobInfo = {
       digest,
@@ -145,10 +155,12 @@ export class LevelBlobStore implements BlobStore {
       pinned: false,
       lastUsed: this.#clock.now()
     }
-    // Claim the quota before any await, so concurrent begins cannot both fit in the same room.
     this.#quota.blobs.set(digest, info)
     this.#pieces.set(digest, new Map())
     try {
+      await Promise.all(evicted)
+      // A delete of this digest still removing the old file must finish before the new one exists.
+      await this.#purging.get(digest)
       const fh = await open(this.#path(digest), 'w')
       try {
         await fh.truncate(init.size)
@@ -157,10 +169,12 @@ export class LevelBlobStore implements BlobStore {
       }
       await db.put(blobKey(digest), toRecord(info))
     } catch (err) {
-      this.#quota.blobs.delete(digest)
-      this.#pieces.delete(digest)
-      await rm(this.#path(digest), { force: true })
-      throw diskError(err, `could not create blob ${digest}`)
+      if (this.#quota.blobs.get(digest) === info) {
+        this.#quota.blobs.delete(digest)
+        this.#pieces.delete(digest)
+        await rm(this.#path(digest), { force: true })
+      }
+      throw this.#failure(db, err, `could not create blob ${digest}`)
     }
     return { ...info }
   }
@@ -183,13 +197,22 @@ export class LevelBlobStore implements BlobStore {
         const { bytesWritten } = await fh.write(data, done, data.byteLength - done, range.start + done)
         done += bytesWritten
       }
-      await fh.datasync()
     } catch (err) {
-      throw diskError(err, `could not write piece ${index} of ${digest}`)
+      if (this.#quota.blobs.get(digest) !== b) {
+        throw new BlobUnknownError(`blob ${digest} was deleted while piece ${index} was written`)
+      }
+      throw this.#failure(db, err, `could not write piece ${index} of ${digest}`)
     }
     // The blob may have been deleted (evicted, failed) while the bytes were being written.
-    if (this.#quota.blobs.get(digest) !== b) return
-    await db.put(pieceKey(digest, index), { sha256: init.sha256, source: init.source })
+    if (this.#quota.blobs.get(digest) !== b) {
+      throw new BlobUnknownError(`blob ${digest} was deleted while piece ${index} was written`)
+    }
+    // The record is the commit point: only now is the piece held.
+    try {
+      await db.put(pieceKey(digest, index), { sha256: init.sha256, source: init.source })
+    } catch (err) {
+      throw this.#failure(db, err, `could not record piece ${index} of ${digest}`)
+    }
     held.set(index, { index, sha256: init.sha256, source: init.source })
     b.piecesHeld = held.size
   }
@@ -198,16 +221,26 @@ export class LevelBlobStore implements BlobStore {
     const b = this.#blob(digest, true)
     checkReadRange(b, range, this.#pieces.get(digest)?.keys() ?? [])
     const out = new Uint8Array(range.end - range.start)
-    const fh = await open(this.#path(digest), 'r')
+    if (out.byteLength === 0) return out
+    const db = this.#open()
     try {
-      let done = 0
-      while (done < out.byteLength) {
-        const { bytesRead } = await fh.read(out, done, out.byteLength - done, range.start + done)
-        if (bytesRead === 0) throw new StoreCorruptError(`data file of ${digest} is shorter than its record`)
-        done += bytesRead
+      const fh = await open(this.#path(digest), 'r')
+      try {
+        let done = 0
+        while (done < out.byteLength) {
+          const { bytesRead } = await fh.read(out, done, out.byteLength - done, range.start + done)
+          if (bytesRead === 0)
+            throw new StoreCorruptError(`data file of ${digest} is shorter than its record`)
+          done += bytesRead
+        }
+      } finally {
+        await fh.close()
       }
-    } finally {
-      await fh.close()
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new BlobUnknownError(`blob ${digest} was deleted while it was read`, { cause: err })
+      }
+      throw this.#failure(db, err, `could not read blob ${digest}`)
     }
     return out
   }
@@ -218,11 +251,19 @@ export class LevelBlobStore implements BlobStore {
     const r = range ?? { start: 0, end: b.size }
     checkReadRange(b, r, [])
     if (r.end === r.start) return
-    yield* createReadStream(this.#path(digest), {
-      start: r.start,
-      end: r.end - 1,
-      highWaterMark: STREAM_CHUNK
-    })
+    const db = this.#open()
+    try {
+      yield* createReadStream(this.#path(digest), {
+        start: r.start,
+        end: r.end - 1,
+        highWaterMark: STREAM_CHUNK
+      })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new BlobUnknownError(`blob ${digest} was deleted while it was read`, { cause: err })
+      }
+      throw this.#failure(db, err, `could not read blob ${digest}`)
+    }
   }
 
   async complete(digest: string): Promise<BlobInfo> {
@@ -234,25 +275,24 @@ export class LevelBlobStore implements BlobStore {
         `blob ${digest} cannot complete: ${b.piecesHeld} of ${b.pieceCount} pieces held`
       )
     }
-    const fh = await this.#writers.get(digest)
-    if (fh) await fh.sync()
-    await this.#closeWriter(digest)
-    b.complete = true
-    b.lastUsed = this.#clock.now()
-    await db.put(blobKey(digest), toRecord(b), { sync: true })
+    try {
+      await (await this.#writer(digest)).sync()
+      await this.#closeWriter(digest)
+      if (this.#quota.blobs.get(digest) !== b) throw new BlobUnknownError(`blob ${digest} was deleted`)
+      const record = { ...toRecord(b), complete: true, lastUsed: this.#clock.now() }
+      await db.put(blobKey(digest), record, { sync: true })
+      b.complete = true
+      b.lastUsed = record.lastUsed
+    } catch (err) {
+      throw this.#failure(db, err, `could not complete blob ${digest}`)
+    }
     return { ...b }
   }
 
   async delete(digest: string): Promise<void> {
     const db = this.#open()
-    const pieces = this.#pieces.get(digest)
-    this.#quota.blobs.delete(digest)
-    this.#pieces.delete(digest)
-    await this.#closeWriter(digest)
-    const ops: { type: 'del'; key: string }[] = [{ type: 'del', key: blobKey(digest) }]
-    for (const i of pieces?.keys() ?? []) ops.push({ type: 'del', key: pieceKey(digest, i) })
-    await db.batch(ops)
-    await rm(this.#path(digest), { force: true })
+    if (!this.#quota.blobs.has(digest) && !this.#purging.has(digest)) return
+    await this.#purge(db, digest)
   }
 
   async setPinned(digest: string, pinned: boolean): Promise<void> {
@@ -282,6 +322,44 @@ export class LevelBlobStore implements BlobStore {
   usage(): StoreUsage {
     this.#open()
     return this.#quota.usage()
+  }
+
+  /**
+   * Forgets a blob at once (its quota is free when this returns, before any await), then removes
+   * its records and its file. Runs one removal per digest at a time; `begin` waits for it.
+   */
+  #purge(db: Level<string, IndexValue>, digest: string): Promise<void> {
+    this.#quota.blobs.delete(digest)
+    this.#pieces.delete(digest)
+    const previous = this.#purging.get(digest) ?? Promise.resolve()
+    const run = previous.then(async () => {
+      await this.#closeWriter(digest)
+      // The file goes first: it frees the space (a full disk may need it for the index write),
+      // and a crash before the records go leaves a record with no file, which start drops.
+      await rm(this.#path(digest), { force: true })
+      await db.del(blobKey(digest))
+      await db.clear({ gte: pieceKey(digest, 0), lt: `p!${digest}!~` })
+    })
+    // Only a marker for `begin` and `stop` to wait on: the caller of `#purge` gets the failure.
+    const done: Promise<void> = run
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.#purging.get(digest) === done) this.#purging.delete(digest)
+      })
+    this.#purging.set(digest, done)
+    return run.catch((err: unknown) => {
+      throw this.#failure(db, err, `could not delete blob ${digest}`)
+    })
+  }
+
+  /** Maps a failure to a typed error: closed store, full disk, or internal. */
+  #failure(db: Level<string, IndexValue>, err: unknown, what: string): Error {
+    if (err instanceof ShoalError) return err
+    if (this.#db !== db) return new StoreClosedError(`${what}: the store was stopped`, { cause: err })
+    if (isDiskFull(err)) {
+      return new DiskFullError(`${what}: the file system is full`, { cause: err })
+    }
+    return new InternalError(`${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err })
   }
 
   #open(): Level<string, IndexValue> {
@@ -320,9 +398,14 @@ export class LevelBlobStore implements BlobStore {
   }
 
   async #load(db: Level<string, IndexValue>): Promise<void> {
+    const strays: string[] = []
     for await (const [key, value] of db.iterator({ gte: 'b!', lt: 'b!~' })) {
       const digest = key.slice(2)
       const r = value as BlobRecord
+      if (!isDigest(digest) || !validGeometry(r)) {
+        strays.push(key)
+        continue
+      }
       this.#quota.blobs.set(digest, {
         digest,
         size: r.size,
@@ -336,13 +419,13 @@ export class LevelBlobStore implements BlobStore {
       })
       this.#pieces.set(digest, new Map())
     }
-    const strays: string[] = []
     for await (const [key, value] of db.iterator({ gte: 'p!', lt: 'p!~' })) {
       const sep = key.lastIndexOf('!')
       const digest = key.slice(2, sep)
       const index = Number(key.slice(sep + 1))
       const held = this.#pieces.get(digest)
-      if (!held) {
+      const b = this.#quota.blobs.get(digest)
+      if (!held || !b || !Number.isInteger(index) || index < 0 || index >= b.pieceCount) {
         strays.push(key)
         continue
       }
@@ -375,11 +458,7 @@ export class LevelBlobStore implements BlobStore {
       // A partial blob: every held piece must still hash to its record (a torn or lost write
       // after a crash, or a file changed behind the agent's back, is caught here).
       const held = this.#pieces.get(b.digest) as Map<number, PieceInfo>
-      const bad: number[] = []
-      for (const p of held.values()) {
-        const data = await this.read(b.digest, pieceRange(p.index, b.size, b.pieceSize))
-        if (sha256Hex(data) !== p.sha256) bad.push(p.index)
-      }
+      const bad = await this.#rehash(b, [...held.values()])
       if (bad.length > 0) {
         this.#log.warn({ digest: b.digest, pieces: bad }, 'held pieces failed their hash on restart; dropped')
         for (const i of bad) held.delete(i)
@@ -392,6 +471,47 @@ export class LevelBlobStore implements BlobStore {
       await rm(join(this.#dataDir, orphan), { force: true, recursive: true })
     }
   }
+
+  /** The indexes of `pieces` whose bytes in the data file no longer hash to their record. */
+  async #rehash(b: BlobInfo, pieces: PieceInfo[]): Promise<number[]> {
+    const bad: number[] = []
+    if (pieces.length === 0) return bad
+    const fh = await open(this.#path(b.digest), 'r')
+    try {
+      const buf = new Uint8Array(b.pieceSize)
+      for (const p of pieces) {
+        const r = pieceRange(p.index, b.size, b.pieceSize)
+        const len = r.end - r.start
+        let done = 0
+        while (done < len) {
+          const { bytesRead } = await fh.read(buf, done, len - done, r.start + done)
+          if (bytesRead === 0) break
+          done += bytesRead
+        }
+        if (done !== len || sha256Hex(buf.subarray(0, len)) !== p.sha256) bad.push(p.index)
+      }
+    } finally {
+      await fh.close()
+    }
+    return bad
+  }
+}
+
+/** ENOSPC or EDQUOT from the file system, or LevelDB's IO error that wraps one. */
+function isDiskFull(err: unknown): boolean {
+  const e = err as (Error & { code?: unknown }) | undefined
+  if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT') return true
+  if (e?.code === 'LEVEL_IO_ERROR' && /No space left|quota exceeded/i.test(e.message)) return true
+  return e?.cause !== undefined && e.cause !== err && isDiskFull(e.cause)
+}
+
+function validGeometry(r: BlobRecord): boolean {
+  try {
+    checkGeometry(r.size, r.pieceSize)
+    return true
+  } catch {
+    return false
+  }
 }
 
 function toRecord(b: BlobInfo): BlobRecord {
@@ -403,12 +523,4 @@ function toRecord(b: BlobInfo): BlobRecord {
     pinned: b.pinned,
     lastUsed: b.lastUsed
   }
-}
-
-function diskError(err: unknown, what: string): Error {
-  const code = (err as NodeJS.ErrnoException)?.code
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new DiskFullError(`${what}: the file system is full`, { cause: err })
-  }
-  return err instanceof Error ? err : new Error(String(err))
 }

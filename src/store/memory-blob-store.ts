@@ -21,18 +21,26 @@ export interface MemoryBlobStoreComponents {
   logger: Logger
 }
 
+export interface MemoryBlobStoreInit {
+  /** Bytes all blobs together may reserve (see `StoreUsage.usedBytes`). */
+  quotaBytes: number
+}
+
 /**
  * A `BlobStore` in memory: the same contract as the LevelDB store, for unit tests and the
- * swarm simulator. Its contents do not survive `stop()`.
+ * swarm simulator. Nothing is written anywhere; the contents last as long as the instance (a
+ * `stop()` and `start()` of the same instance keeps them, like an agent restart).
  */
 export class MemoryBlobStore implements BlobStore {
+  readonly #log: Logger
   readonly #clock: Clock
   readonly #quota: LruQuota
   readonly #data = new Map<string, Uint8Array>()
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
   #open = false
 
-  constructor(components: MemoryBlobStoreComponents, init: { quotaBytes: number }) {
+  constructor(components: MemoryBlobStoreComponents, init: MemoryBlobStoreInit) {
+    this.#log = components.logger.child({ component: 'store' })
     this.#clock = components.clock
     this.#quota = new LruQuota(init.quotaBytes)
   }
@@ -63,7 +71,12 @@ export class MemoryBlobStore implements BlobStore {
       }
       return { ...existing }
     }
-    for (const victim of this.#quota.victimsFor(digest, init.size)) await this.delete(victim)
+    // Evict and claim the room in one synchronous step, so a concurrent begin cannot count the
+    // same victims or the same free bytes.
+    for (const victim of this.#quota.victimsFor(digest, init.size)) {
+      this.#log.info({ digest: victim }, 'evicting least recently used blob')
+      this.#forget(victim)
+    }
     const info: BlobInfo = {
       digest,
       size: init.size,
@@ -114,6 +127,7 @@ export class MemoryBlobStore implements BlobStore {
 
   async complete(digest: string): Promise<BlobInfo> {
     const b = this.#blob(digest, true)
+    if (b.complete) return { ...b }
     if (b.piecesHeld !== b.pieceCount) {
       throw new StoreCorruptError(
         `blob ${digest} cannot complete: ${b.piecesHeld} of ${b.pieceCount} pieces held`
@@ -126,9 +140,7 @@ export class MemoryBlobStore implements BlobStore {
 
   async delete(digest: string): Promise<void> {
     this.#check()
-    this.#quota.blobs.delete(digest)
-    this.#data.delete(digest)
-    this.#pieces.delete(digest)
+    this.#forget(digest)
   }
 
   async setPinned(digest: string, pinned: boolean): Promise<void> {
@@ -152,6 +164,12 @@ export class MemoryBlobStore implements BlobStore {
   usage(): StoreUsage {
     this.#check()
     return this.#quota.usage()
+  }
+
+  #forget(digest: string): void {
+    this.#quota.blobs.delete(digest)
+    this.#data.delete(digest)
+    this.#pieces.delete(digest)
   }
 
   #check(): void {

@@ -4,7 +4,7 @@
  * (direct time / agent time; above 1 means the agent is faster) and the agent's peak RSS.
  * Both sides are measured in the same run on the same machine, so the ratio is what counts.
  *
- *   npm run bench                  # 5 rounds
+ *   npm run bench                  # builds dist/, then 5 rounds with the compiled agent
  *   ROUNDS=9 npm run bench
  *
  * Writes the figures to test/bench/results/single-node-pull.json.
@@ -52,7 +52,7 @@ async function main(): Promise<void> {
       if (direct.code !== 0) throw new Error(`direct pull failed: ${direct.stderr}`)
 
       await containerd.removeAll()
-      const agent = await startAgent({ registries: { [registry.host]: { url: registry.url } } })
+      const agent = await startAgent({ registries: { [registry.host]: { url: registry.url } }, built: true })
       try {
         const via = await containerd.pull(image.ref, { mirrorHost: agent.mirror })
         if (via.code !== 0) throw new Error(`pull through the agent failed: ${via.stderr}`)

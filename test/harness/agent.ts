@@ -7,6 +7,7 @@ import { stringify } from 'yaml'
 import { callAgent } from '../../src/cli/socket-client.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+const BUILT_MAIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
 
 export interface TestAgentInit {
   /** Upstreams by registry host: `{ url }` or `{ layout }`. */
@@ -15,6 +16,8 @@ export interface TestAgentInit {
   storeDir?: string
   /** Extra config merged at the top level (store, upstream, fetch, ...). */
   config?: Record<string, unknown>
+  /** Run the compiled build (`npm run build`) instead of the sources through tsx: benchmarks. */
+  built?: boolean
 }
 
 export interface AgentStatus {
@@ -62,7 +65,9 @@ export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
   let output = ''
   const child: ChildProcess = spawn(
     process.execPath,
-    ['--import', 'tsx', MAIN, 'agent', '--config', configFile],
+    init.built
+      ? [BUILT_MAIN, 'agent', '--config', configFile]
+      : ['--import', 'tsx', MAIN, 'agent', '--config', configFile],
     {
       stdio: ['ignore', 'pipe', 'pipe']
     }
