@@ -118,7 +118,9 @@ export class OciLayoutUpstream implements Upstream {
       const start = range?.start ?? 0
       const count = range ? range.end - range.start : size
       const out =
-        options.into && options.into.byteLength >= count ? options.into.subarray(0, count) : new Uint8Array(count)
+        options.into && options.into.byteLength >= count
+          ? options.into.subarray(0, count)
+          : new Uint8Array(count)
       let got = 0
       while (got < count) {
         options.signal?.throwIfAborted()

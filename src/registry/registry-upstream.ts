@@ -268,7 +268,14 @@ export class RegistryUpstream implements Upstream {
       }
       if (res.statusCode === 200) {
         if (range) {
-          return this.#readExactly(res, range.start, range.end - range.start, what, 'may-follow', options.into)
+          return this.#readExactly(
+            res,
+            range.start,
+            range.end - range.start,
+            what,
+            'may-follow',
+            options.into
+          )
         }
         const length = contentLength(res)
         if (length === undefined) return readCapped(res, Number.MAX_SAFE_INTEGER, () => this.#where(what))

@@ -1,0 +1,220 @@
+/**
+ * One agent's libp2p host: the swarm's private network. TCP, Noise and yamux under a pnet
+ * connection protector (no swarm key, no connection), identify and ping, and a kad-dht in server
+ * mode on Shoal's own protocol, so agents form a DHT among themselves and never touch the public
+ * IPFS network. Every setting below that differs from libp2p's defaults is one that fails
+ * silently on a LAN when left out (see the comments and shared/recipes/libp2p.md).
+ */
+import '../polyfill.ts'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { bootstrap } from '@libp2p/bootstrap'
+import { type Identify, identify } from '@libp2p/identify'
+import type { ConnectionGater, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
+import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { type Ping, ping } from '@libp2p/ping'
+import { preSharedKey } from '@libp2p/pnet'
+import { tcp } from '@libp2p/tcp'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import type { Logger } from 'pino'
+import { InternalError } from '../errors.ts'
+import type { AbortOptions, Startable } from '../interface/common.ts'
+import { LevelDatastore } from './level-datastore.ts'
+import { parseSwarmKey } from './swarm-key.ts'
+
+/** The services every swarm node runs. */
+export type SwarmServices = {
+  identify: Identify
+  ping: Ping
+  dht: KadDHT
+}
+
+/** The libp2p host type a `SwarmNode` wraps. */
+export type SwarmLibp2p = Libp2p<SwarmServices>
+
+/** Collaborators of a `SwarmNode`. */
+export interface SwarmNodeComponents {
+  logger: Logger
+}
+
+/** Configuration of a `SwarmNode`. */
+export interface SwarmNodeInit {
+  /** Multiaddrs to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` (`/tcp/0` picks a free port). */
+  listen: string[]
+  /** Seed peers: multiaddrs ending in `/p2p/<peer id>`. Empty for the first node of a swarm. */
+  bootstrap: string[]
+  /** The swarm key, as returned by `parseSwarmKey` / `loadOrCreateSwarmKey`. */
+  swarmKey: Uint8Array
+  /** This node's identity (see `loadOrCreatePrivateKey`): the peer id derives from it. */
+  privateKey: PrivateKey
+  /** Prefix of Shoal's own protocols; the DHT speaks `<prefix>/kad/1.0.0`. Default `/shoal`. */
+  protocolPrefix?: string
+  /** When given, only these peer ids may connect or be dialled (besides the swarm key check). */
+  allowPeers?: string[]
+  /** A LevelDB directory for the peer store and provider records; in memory when absent. */
+  datastorePath?: string
+  /**
+   * Networks exempt from libp2p's per-IP inbound connection limit (multiaddrs, `/ipcidr/` for a
+   * range). Default: loopback. Add the fleet's node network here.
+   */
+  allowNetworks?: string[]
+  /** New inbound connections accepted per second from one IP outside `allowNetworks`. Default 100. */
+  inboundConnectionThreshold?: number
+  /** Delay before dialling the bootstrap peers, in ms. Default 100. */
+  bootstrapDelayMs?: number
+}
+
+/** Default protocol prefix. */
+export const DEFAULT_PROTOCOL_PREFIX = '/shoal'
+/** Networks exempt from the inbound connection rate limit by default. */
+export const DEFAULT_ALLOW_NETWORKS = ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128']
+// libp2p's default of 5 new connections per second per IP makes a flash crowd behind one NAT, or
+// a test swarm on loopback, fail with a misleading EncryptionFailedError.
+const DEFAULT_INBOUND_CONNECTION_THRESHOLD = 100
+// kad-dht's defaults (32 in / 64 out per connection) make bulk provides fail silently.
+const DHT_MAX_STREAMS = 512
+// A paused stream with libp2p's 4 MiB read buffer overflows yamux's 16 MiB window (the recipe).
+const YAMUX_MAX_READ_BUFFER = 32 * 2 ** 20
+
+/** A libp2p host in the swarm's private network, running a private kad-dht. */
+export class SwarmNode implements Startable {
+  /** This node's peer id (base58btc), known before `start()`. */
+  readonly peerId: string
+  readonly #log: Logger
+  readonly #init: SwarmNodeInit
+  readonly #swarmKey: Uint8Array
+  #libp2p: SwarmLibp2p | undefined
+  #datastore: LevelDatastore | undefined
+  #starting: Promise<void> | undefined
+
+  constructor(components: SwarmNodeComponents, init: SwarmNodeInit) {
+    this.#log = components.logger.child({ component: 'swarm' })
+    this.#init = init
+    // Fail at construction, with our own error, rather than inside createLibp2p.
+    this.#swarmKey = parseSwarmKey(init.swarmKey)
+    this.peerId = init.privateKey.publicKey.toString()
+  }
+
+  /** True between a completed `start()` and `stop()`. */
+  get started(): boolean {
+    return this.#libp2p !== undefined
+  }
+
+  /** The libp2p host (for protocols such as the piece protocol). Throws before `start()`. */
+  get libp2p(): SwarmLibp2p {
+    if (this.#libp2p === undefined) throw new InternalError('swarm node used before start() or after stop()')
+    return this.#libp2p
+  }
+
+  /** Starts listening and joins the DHT through the bootstrap peers. Idempotent. */
+  async start(): Promise<void> {
+    if (this.#libp2p !== undefined) return
+    this.#starting ??= this.#start().finally(() => {
+      this.#starting = undefined
+    })
+    await this.#starting
+  }
+
+  async #start(): Promise<void> {
+    const init = this.#init
+    const prefix = init.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX
+    let datastore: LevelDatastore | undefined
+    if (init.datastorePath !== undefined) {
+      datastore = new LevelDatastore(init.datastorePath)
+      await datastore.open()
+    }
+    try {
+      const node = await createLibp2p({
+        privateKey: init.privateKey,
+        ...(datastore === undefined ? {} : { datastore }),
+        addresses: { listen: init.listen },
+        transports: [tcp()],
+        connectionEncrypters: [noise()],
+        streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: YAMUX_MAX_READ_BUFFER } })],
+        connectionProtector: preSharedKey({ psk: this.#swarmKey }),
+        connectionGater: allowListGater(init.allowPeers),
+        connectionManager: {
+          allow: init.allowNetworks ?? DEFAULT_ALLOW_NETWORKS,
+          inboundConnectionThreshold: init.inboundConnectionThreshold ?? DEFAULT_INBOUND_CONNECTION_THRESHOLD
+        },
+        peerDiscovery:
+          init.bootstrap.length > 0
+            ? [bootstrap({ list: init.bootstrap, timeout: init.bootstrapDelayMs ?? 100 })]
+            : [],
+        services: {
+          identify: identify(),
+          ping: ping(),
+          dht: kadDHT({
+            protocol: `${prefix}/kad/1.0.0`,
+            // kad-dht stays a client (answers nothing) until it sees a public address: on a LAN
+            // no node would serve queries.
+            clientMode: false,
+            // The default mapper drops loopback and private addresses: empty routing tables and
+            // providers without addresses.
+            peerInfoMapper: passthroughMapper,
+            maxInboundStreams: DHT_MAX_STREAMS,
+            maxOutboundStreams: DHT_MAX_STREAMS
+          })
+        }
+      })
+      if (node.peerId.toString() !== this.peerId) {
+        await node.stop()
+        throw new InternalError(`libp2p chose peer id ${node.peerId} for a key whose id is ${this.peerId}`)
+      }
+      this.#libp2p = node
+      this.#datastore = datastore
+    } catch (err) {
+      await datastore?.close().catch(() => {})
+      throw err
+    }
+    this.#log.info({ peerId: this.peerId, addresses: this.addresses() }, 'swarm node started')
+  }
+
+  /** Closes every connection and listener, then the datastore. Idempotent. */
+  async stop(): Promise<void> {
+    await this.#starting?.catch(() => {})
+    const node = this.#libp2p
+    const datastore = this.#datastore
+    this.#libp2p = undefined
+    this.#datastore = undefined
+    if (node !== undefined) {
+      await node.stop()
+      this.#log.info({ peerId: this.peerId }, 'swarm node stopped')
+    }
+    await datastore?.close()
+  }
+
+  /** The multiaddrs other nodes can dial this one on, each ending in `/p2p/<peer id>`. */
+  addresses(): string[] {
+    return this.libp2p.getMultiaddrs().map((ma) => ma.toString())
+  }
+
+  /**
+   * Connects to a peer at `address` (a multiaddr, with `/p2p/<id>` to check who answers).
+   * Returns the remote peer id. Rejects when the peer is unreachable, has another swarm key, or
+   * is not on the allow-list.
+   */
+  async dial(address: string, options: AbortOptions = {}): Promise<string> {
+    const connection = await this.libp2p.dial(multiaddr(address), options)
+    return connection.remotePeer.toString()
+  }
+
+  /** Peer ids this node holds an open connection to. */
+  peers(): string[] {
+    return this.#libp2p?.getPeers().map((id) => id.toString()) ?? []
+  }
+}
+
+// Denies every peer missing from `allowPeers`, before and after the encryption handshake (an
+// inbound peer's id is known only once Noise has run).
+function allowListGater(allowPeers: string[] | undefined): ConnectionGater {
+  if (allowPeers === undefined) return {}
+  const allowed = new Set(allowPeers)
+  const deny = (peer: PeerId): boolean => !allowed.has(peer.toString())
+  return {
+    denyDialPeer: deny,
+    denyInboundEncryptedConnection: deny,
+    denyOutboundEncryptedConnection: deny
+  }
+}
