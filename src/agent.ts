@@ -102,7 +102,8 @@ export class Agent implements Startable {
       pid: process.pid,
       socket: this.config.socket.path,
       mirror: this.mirror?.address ?? null,
-      storeDir: this.config.storeDir
+      storeDir: this.config.storeDir,
+      memory: process.memoryUsage()
     }
   }
 

@@ -78,7 +78,8 @@ export class BlobFetcher implements Startable {
     this.#pieceSize = init.pieceSize ?? DEFAULT_PIECE_SIZE
     this.#concurrency = init.registryConcurrency ?? DEFAULT_REGISTRY_PIECE_CONCURRENCY
     this.#streams = new PriorityLimit(init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
-    this.#buffers = new BufferPool(this.#pieceSize, init.registryStreams ?? DEFAULT_REGISTRY_STREAMS)
+    // Room for every stream plus a read-back per transfer, so steady state allocates nothing.
+    this.#buffers = new BufferPool(this.#pieceSize, 2 * (init.registryStreams ?? DEFAULT_REGISTRY_STREAMS))
     this.#log = components.logger.child({ component: 'fetch' })
   }
 

@@ -266,11 +266,17 @@ export class BlobTransfer {
     while (this.#hashedUpTo < this.count && this.#held.has(this.#hashedUpTo)) {
       const i = this.#hashedUpTo
       // Held before this transfer (resume) or landed out of order: read it back.
-      const data = await this.#c.store.read(this.digest, pieceRange(i, this.size, this.pieceSize))
-      // A piece fetched meanwhile may have been hashed inline and moved the prefix on.
-      if (this.#hashedUpTo !== i) continue
-      this.#hash.update(data)
-      this.#hashedUpTo++
+      const range = pieceRange(i, this.size, this.pieceSize)
+      const into = this.#c.buffers?.acquire(range.end - range.start)
+      try {
+        const data = await this.#c.store.read(this.digest, range, { into })
+        // A piece fetched meanwhile may have been hashed inline and moved the prefix on.
+        if (this.#hashedUpTo !== i) continue
+        this.#hash.update(data)
+        this.#hashedUpTo++
+      } finally {
+        if (into) this.#c.buffers?.release(into)
+      }
     }
   }
 

@@ -47,6 +47,11 @@ export interface StoreUsage {
   completeBlobs: number
 }
 
+export interface ReadOptions extends AbortOptions {
+  /** Read into this buffer (at least as long as the range); the result is then a view of it. */
+  into?: Uint8Array
+}
+
 /** Holds a blob in use: it cannot be evicted until released. */
 export interface Lease {
   release(): void
@@ -80,7 +85,7 @@ export interface BlobStore extends Startable {
     options?: AbortOptions
   ): Promise<void>
   /** Read bytes that lie entirely within held pieces (throws `BlobUnknownError` otherwise). */
-  read(digest: string, range: ByteRange, options?: AbortOptions): Promise<Uint8Array>
+  read(digest: string, range: ByteRange, options?: ReadOptions): Promise<Uint8Array>
   /** Stream bytes of a complete blob (Range served by the caller's choice of range). */
   stream(digest: string, range?: ByteRange): AsyncIterable<Uint8Array>
   /** Mark a blob complete: every piece held and the whole blob verified by the caller. */

@@ -24,6 +24,7 @@ import type {
   PieceInfo,
   PieceSource,
   PutPieceInit,
+  ReadOptions,
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
@@ -217,10 +218,14 @@ export class LevelBlobStore implements BlobStore {
     b.piecesHeld = held.size
   }
 
-  async read(digest: string, range: ByteRange): Promise<Uint8Array> {
+  async read(digest: string, range: ByteRange, options: ReadOptions = {}): Promise<Uint8Array> {
     const b = this.#blob(digest, true)
     checkReadRange(b, range, this.#pieces.get(digest)?.keys() ?? [])
-    const out = new Uint8Array(range.end - range.start)
+    const length = range.end - range.start
+    const out =
+      options.into && options.into.byteLength >= length
+        ? options.into.subarray(0, length)
+        : new Uint8Array(length)
     if (out.byteLength === 0) return out
     const db = this.#open()
     try {
