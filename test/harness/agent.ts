@@ -56,10 +56,11 @@ export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
     stringify({
       storeDir,
       socket: { path: socket },
-      mirror: { listen: '127.0.0.1:0' },
       registries: init.registries,
       log: { level: 'info' },
-      ...init.config
+      ...init.config,
+      // A free port always, whatever else the test says about the mirror.
+      mirror: { ...(init.config?.mirror as Record<string, unknown> | undefined), listen: '127.0.0.1:0' }
     })
   )
   let output = ''

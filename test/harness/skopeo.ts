@@ -28,6 +28,9 @@ export interface ViaMirrorOptions {
 
 /**
  * registries.conf (v2) sending pulls from `registryHost` to `mirrorHost` first, both plain HTTP.
+ * containers/image sends no `?ns=`, and a mirror location cannot carry a `host:port` in its
+ * path (it must be a valid reference): the agent under test serves `registryHost` as its
+ * `mirror.defaultRegistry`. (A registry without a port can go in the path, as in deploy/podman.)
  * containers/image picks one source per image: once the mirror served the manifest, every blob
  * must come from it too.
  */

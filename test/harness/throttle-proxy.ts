@@ -18,27 +18,36 @@ export interface ThrottleProxy {
 const BLOB_PATH = /\/blobs\/(sha256:[a-f0-9]{64})/
 
 /**
- * Starts a loopback proxy to `target` (`http://host:port`). The rate is one token bucket shared
- * by every response, so a transfer through it takes a predictable time however many requests
- * run in parallel: long enough to kill an agent mid-blob.
+ * Starts a loopback proxy to `target` (`http://host:port`). By default the rate is one token
+ * bucket shared by every response, so a transfer through it takes a predictable time however
+ * many requests run in parallel: long enough to kill an agent mid-blob. With `perResponse`
+ * every response gets the rate of its own, like a registry that caps each connection.
  */
-export async function startThrottleProxy(target: string, bytesPerSecond: number): Promise<ThrottleProxy> {
+export async function startThrottleProxy(
+  target: string,
+  bytesPerSecond: number,
+  options: { perResponse?: boolean } = {}
+): Promise<ThrottleProxy> {
   const upstream = new URL(target)
   let rate = bytesPerSecond
-  let nextFree = Date.now()
+  let shared = Date.now()
   const counts = new Map<string, number>()
   const sockets = new Set<Socket>()
 
-  // Reserve the shared link for `n` bytes; returns the wait until they have "gone through".
-  const reserve = (n: number): number => {
-    if (rate <= 0) return 0
-    const now = Date.now()
-    nextFree = Math.max(nextFree, now) + (n / rate) * 1000
-    return nextFree - now
-  }
-
-  const throttle = (digest: string | undefined) =>
-    new Transform({
+  const throttle = (digest: string | undefined) => {
+    // Each response has a link of its own (`perResponse`: a registry or CDN that caps each
+    // connection), or all share one (a slow uplink).
+    let own = Date.now()
+    // Reserves the link for `n` bytes; returns the wait until they have "gone through".
+    const reserve = (n: number): number => {
+      if (rate <= 0) return 0
+      const now = Date.now()
+      const free = Math.max(options.perResponse ? own : shared, now) + (n / rate) * 1000
+      if (options.perResponse) own = free
+      else shared = free
+      return free - now
+    }
+    return new Transform({
       transform(chunk: Buffer, _enc, done: TransformCallback) {
         const slices: Buffer[] = []
         for (let i = 0; i < chunk.length; i += 16 * 1024) slices.push(chunk.subarray(i, i + 16 * 1024))
@@ -48,15 +57,21 @@ export async function startThrottleProxy(target: string, bytesPerSecond: number)
             done()
             return
           }
-          setTimeout(() => {
+          const send = () => {
             if (digest) counts.set(digest, (counts.get(digest) ?? 0) + s.length)
             this.push(s)
             push()
-          }, reserve(s.length))
+          }
+          // Timers fire no sooner than 1 ms: below that, send at once and let the debt build up
+          // in the bucket, which the next longer wait pays back. The average rate stays exact.
+          const wait = reserve(s.length)
+          if (wait < 2) send()
+          else setTimeout(send, wait)
         }
         push()
       }
     })
+  }
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const digest = BLOB_PATH.exec(req.url ?? '')?.[1]

@@ -4,7 +4,7 @@ import { removeAgentDir, startAgent, type TestAgent } from '../../harness/agent.
 import { startContainerd, type TestContainerd } from '../../harness/containerd.ts'
 import { buildTestImages, type PushedImages, pushTestImages } from '../../harness/images.ts'
 import { startRegistry, type TestRegistry } from '../../harness/registry.ts'
-import { skopeoCopyViaMirror } from '../../harness/skopeo.ts'
+import { podmanPullViaMirror, skopeoCopyViaMirror } from '../../harness/skopeo.ts'
 
 // The Done-when of the foundation: real containerd, real skopeo and the real registry, with a
 // real agent process in between.
@@ -19,7 +19,11 @@ describe('containerd and skopeo pull through the agent', () => {
     registry = await startRegistry()
     pushed = await pushTestImages(registry.host, images)
     containerd = await startContainerd()
-    agent = await startAgent({ registries: { [registry.host]: { url: registry.url } } })
+    agent = await startAgent({
+      registries: { [registry.host]: { url: registry.url } },
+      // podman and skopeo send no ?ns=: they reach this registry as the mirror's default.
+      config: { mirror: { defaultRegistry: registry.host } }
+    })
   })
   after(async () => {
     await agent?.stop()
@@ -49,36 +53,47 @@ describe('containerd and skopeo pull through the agent', () => {
   it('the registry sends each blob once when two clients pull the same image one after another', async () => {
     const image = pushed['multi:v2']
     assert.ok(image)
-    await containerd.removeAll()
-    registry.resetCounters()
-    const first = await containerd.pull(image.ref, { mirrorHost: agent.mirror })
-    assert.equal(first.code, 0, first.stderr)
-    await containerd.removeAll()
-    const second = await containerd.pull(image.ref, { mirrorHost: agent.mirror })
-    assert.equal(second.code, 0, second.stderr)
-    const dest = `${agent.dir}/skopeo-copy`
-    const third = await skopeoCopyViaMirror({
-      ref: image.ref,
-      mirrorHost: agent.mirror,
-      registryHost: registry.host,
-      destDir: dest
+    // A fresh agent with an empty store, so every byte it needs comes from the registry.
+    const fresh = await startAgent({
+      registries: { [registry.host]: { url: registry.url } },
+      config: { mirror: { defaultRegistry: registry.host } }
     })
-    assert.equal(third.code, 0, third.stderr)
-    for (const l of image.layers) {
-      // Layers shared with multi:v1 were pulled earlier: the registry sent them zero times now.
-      assert.ok(
-        registry.bytesServed(l.digest) <= l.size,
-        `${l.digest} sent ${registry.bytesServed(l.digest)} of ${l.size}`
-      )
+    try {
+      await containerd.removeAll()
+      registry.resetCounters()
+      const first = await containerd.pull(image.ref, { mirrorHost: fresh.mirror })
+      assert.equal(first.code, 0, first.stderr)
+      await containerd.removeAll()
+      const second = await containerd.pull(image.ref, { mirrorHost: fresh.mirror })
+      assert.equal(second.code, 0, second.stderr)
+      const third = await skopeoCopyViaMirror({
+        ref: image.ref,
+        mirrorHost: fresh.mirror,
+        registryHost: registry.host,
+        destDir: `${fresh.dir}/skopeo-copy`
+      })
+      assert.equal(third.code, 0, third.stderr)
+      for (const l of [image.config, ...image.layers]) {
+        assert.equal(
+          registry.bytesServed(l.digest),
+          l.size,
+          `registry sent ${l.digest} ${registry.bytesServed(l.digest)} bytes`
+        )
+      }
+      // Three pulls: the agent served each layer three times from one registry transfer.
+      const served = (await fresh.status()).bytes.served.mirror ?? 0
+      const size = image.layers.reduce((n, l) => n + l.size, 0)
+      assert.ok(served >= 3 * size, `served ${served} of ${3 * size}`)
+    } finally {
+      await fresh.stop()
+      await removeAgentDir(fresh)
     }
-    const fresh = image.layers.filter((l) => !pushed['multi:v1']?.layers.some((o) => o.digest === l.digest))
-    assert.ok(fresh.length > 0)
-    for (const l of fresh) assert.equal(registry.bytesServed(l.digest), l.size)
   })
 
   it('skopeo copies through the mirror and every blob matches its digest', async () => {
     const image = pushed.random
     assert.ok(image)
+    const before = (await agent.status()).bytes.served.mirror ?? 0
     const r = await skopeoCopyViaMirror({
       ref: image.ref,
       mirrorHost: agent.mirror,
@@ -86,7 +101,24 @@ describe('containerd and skopeo pull through the agent', () => {
       destDir: `${agent.dir}/skopeo-random`
     })
     assert.equal(r.code, 0, r.stderr)
-    const status = await agent.status()
-    assert.ok((status.bytes.served.mirror ?? 0) > 0)
+    // random was pulled by containerd already: skopeo got it from the agent's store.
+    const layer = image.layers[0]
+    assert.ok(layer)
+    assert.ok(((await agent.status()).bytes.served.mirror ?? 0) >= before + layer.size)
+  })
+
+  it('podman pulls through the mirror', async () => {
+    const image = pushed.whiteout
+    assert.ok(image)
+    const before = (await agent.status()).bytes.served.mirror ?? 0
+    const r = await podmanPullViaMirror({
+      ref: image.ref,
+      mirrorHost: agent.mirror,
+      registryHost: registry.host
+    })
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.digest, image.manifestDigest)
+    // podman sends no ?ns=: the agent found the registry from its default or the path.
+    assert.ok(((await agent.status()).bytes.served.mirror ?? 0) > before)
   })
 })
