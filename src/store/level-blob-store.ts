@@ -3,14 +3,13 @@ import { type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promise
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { Logger } from 'pino'
-import { digestHex, isDigest, parseDigest, sha256Hex } from '../content/digest.ts'
+import { digestHex, isDigest, sha256Hex } from '../content/digest.ts'
 import { checkGeometry, pieceCount, pieceRange } from '../content/pieces.ts'
 import {
   BlobUnknownError,
   DiskFullError,
   InternalError,
   ShoalError,
-  SizeMismatchError,
   StoreClosedError,
   StoreCorruptError
 } from '../errors.ts'
@@ -28,7 +27,7 @@ import type {
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { checkPiece, checkReadRange } from './store-checks.ts'
+import { beginRecord, checkPiece, checkReadRange } from './store-checks.ts'
 
 export interface LevelBlobStoreComponents {
   clock: Clock
@@ -127,34 +126,14 @@ export class LevelBlobStore implements BlobStore {
 
   async begin(digest: string, init: BeginBlobInit, _o?: AbortOptions): Promise<BlobInfo> {
     const db = this.#open()
-    parseDigest(digest)
-    checkGeometry(init.size, init.pieceSize)
-    const existing = this.#quota.blobs.get(digest)
-    if (existing) {
-      if (existing.size !== init.size || existing.pieceSize !== init.pieceSize) {
-        throw new SizeMismatchError(
-          `blob ${digest} was begun with size ${existing.size} (pieces of ${existing.pieceSize}); now claimed ${init.size} (pieces of ${init.pieceSize})`
-        )
-      }
-      return { ...existing }
-    }
+    const { info, fresh } = beginRecord(digest, init, this.#quota.blobs.get(digest), this.#clock.now())
+    if (!fresh) return { ...info }
     // Choose the victims, forget them and claim the room in one synchronous step, so that
     // concurrent begins can neither count the same victims nor fit in the same free bytes.
     const evicted: Promise<void>[] = []
     for (const victim of this.#quota.victimsFor(digest, init.size)) {
       this.#log.info({ digest: victim }, 'evicting least recently used blob')
       evicted.push(this.#purge(db, victim))
-    }
-    const info: BlobInfo = {
-      digest,
-      size: init.size,
-      pieceSize: init.pieceSize,
-      pieceCount: pieceCount(init.size, init.pieceSize),
-      ...(init.mediaType !== undefined && { mediaType: init.mediaType }),
-      complete: false,
-      piecesHeld: 0,
-      pinned: false,
-      lastUsed: this.#clock.now()
     }
     this.#quota.blobs.set(digest, info)
     this.#pieces.set(digest, new Map())

@@ -1,7 +1,5 @@
 import type { Logger } from 'pino'
-import { parseDigest } from '../content/digest.ts'
-import { checkGeometry, pieceCount } from '../content/pieces.ts'
-import { BlobUnknownError, SizeMismatchError, StoreClosedError, StoreCorruptError } from '../errors.ts'
+import { BlobUnknownError, StoreClosedError, StoreCorruptError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange } from '../interface/common.ts'
 import type {
@@ -14,7 +12,7 @@ import type {
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { checkPiece, checkReadRange } from './store-checks.ts'
+import { beginRecord, checkPiece, checkReadRange } from './store-checks.ts'
 
 export interface MemoryBlobStoreComponents {
   clock: Clock
@@ -60,33 +58,13 @@ export class MemoryBlobStore implements BlobStore {
 
   async begin(digest: string, init: BeginBlobInit, _o?: AbortOptions): Promise<BlobInfo> {
     this.#check()
-    parseDigest(digest)
-    checkGeometry(init.size, init.pieceSize)
-    const existing = this.#quota.blobs.get(digest)
-    if (existing) {
-      if (existing.size !== init.size || existing.pieceSize !== init.pieceSize) {
-        throw new SizeMismatchError(
-          `blob ${digest} was begun with size ${existing.size} (pieces of ${existing.pieceSize}); now claimed ${init.size} (pieces of ${init.pieceSize})`
-        )
-      }
-      return { ...existing }
-    }
+    const { info, fresh } = beginRecord(digest, init, this.#quota.blobs.get(digest), this.#clock.now())
+    if (!fresh) return { ...info }
     // Evict and claim the room in one synchronous step, so a concurrent begin cannot count the
     // same victims or the same free bytes.
     for (const victim of this.#quota.victimsFor(digest, init.size)) {
       this.#log.info({ digest: victim }, 'evicting least recently used blob')
       this.#forget(victim)
-    }
-    const info: BlobInfo = {
-      digest,
-      size: init.size,
-      pieceSize: init.pieceSize,
-      pieceCount: pieceCount(init.size, init.pieceSize),
-      ...(init.mediaType !== undefined && { mediaType: init.mediaType }),
-      complete: false,
-      piecesHeld: 0,
-      pinned: false,
-      lastUsed: this.#clock.now()
     }
     this.#quota.blobs.set(digest, info)
     this.#data.set(digest, new Uint8Array(init.size))

@@ -1,4 +1,5 @@
-import { pieceRange, piecesCovering } from '../content/pieces.ts'
+import { parseDigest } from '../content/digest.ts'
+import { checkGeometry, pieceCount, pieceRange, piecesCovering } from '../content/pieces.ts'
 import {
   BlobUnknownError,
   InvalidDigestError,
@@ -6,7 +7,7 @@ import {
   SizeMismatchError
 } from '../errors.ts'
 import type { ByteRange } from '../interface/common.ts'
-import type { BlobInfo } from '../interface/store.ts'
+import type { BeginBlobInit, BlobInfo } from '../interface/store.ts'
 
 /**
  * Checks a piece before any store writes it: a valid index, the exact length of its range and
@@ -51,4 +52,39 @@ export function checkReadRange(b: BlobInfo, range: ByteRange, held: Iterable<num
   if (missing.length > 0) {
     throw new BlobUnknownError(`blob ${b.digest} does not hold pieces ${missing.join(', ')} of the range yet`)
   }
+}
+
+/**
+ * The checks and the new record shared by both stores' `begin`: a valid digest and geometry;
+ * for a blob already begun, the same size and piece size (`existing` is returned as is); for a
+ * new one, a fresh partial record.
+ */
+export function beginRecord(
+  digest: string,
+  init: BeginBlobInit,
+  existing: BlobInfo | undefined,
+  now: number
+): { info: BlobInfo; fresh: boolean } {
+  parseDigest(digest)
+  checkGeometry(init.size, init.pieceSize)
+  if (existing) {
+    if (existing.size !== init.size || existing.pieceSize !== init.pieceSize) {
+      throw new SizeMismatchError(
+        `blob ${digest} was begun with size ${existing.size} (pieces of ${existing.pieceSize}); now claimed ${init.size} (pieces of ${init.pieceSize})`
+      )
+    }
+    return { info: existing, fresh: false }
+  }
+  const info: BlobInfo = {
+    digest,
+    size: init.size,
+    pieceSize: init.pieceSize,
+    pieceCount: pieceCount(init.size, init.pieceSize),
+    ...(init.mediaType !== undefined && { mediaType: init.mediaType }),
+    complete: false,
+    piecesHeld: 0,
+    pinned: false,
+    lastUsed: now
+  }
+  return { info, fresh: true }
 }
