@@ -15,14 +15,14 @@ export function barChartSvg(o: { title: string; unit: string; groups: ChartGroup
   const rows: string[] = []
   let y = 44
   for (const g of o.groups) {
-    rows.push(`<text x="10" y="${y + 16}" font-weight="bold">${escape(g.name)}</text>`)
+    rows.push(`<text x="10" y="${y + 16}" font-weight="bold">${xmlEscape(g.name)}</text>`)
     y += rowHeight
     g.bars.forEach((b, i) => {
       const w = Math.max(1, b.value * scale)
       rows.push(
-        `<text x="24" y="${y + 16}">${escape(b.label)}</text>`,
+        `<text x="24" y="${y + 16}">${xmlEscape(b.label)}</text>`,
         `<rect x="${left}" y="${y + 3}" width="${w.toFixed(1)}" height="${rowHeight - 8}" fill="${COLORS[i % COLORS.length]}"/>`,
-        `<text x="${(left + w + 6).toFixed(1)}" y="${y + 16}">${Math.round(b.value)} ${escape(o.unit)}</text>`
+        `<text x="${(left + w + 6).toFixed(1)}" y="${y + 16}">${Math.round(b.value)} ${xmlEscape(o.unit)}</text>`
       )
       y += rowHeight
     })
@@ -30,14 +30,15 @@ export function barChartSvg(o: { title: string; unit: string; groups: ChartGroup
   }
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y + 10}" font-family="sans-serif" font-size="13">`,
+    `<title>${xmlEscape(o.title)}</title>`,
     '<rect width="100%" height="100%" fill="white"/>',
-    `<text x="10" y="24" font-size="15">${escape(o.title)}</text>`,
+    `<text x="10" y="24" font-size="15">${xmlEscape(o.title)}</text>`,
     ...rows,
     '</svg>',
     ''
   ].join('\n')
 }
 
-function escape(s: string): string {
+function xmlEscape(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 }
