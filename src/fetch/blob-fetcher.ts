@@ -10,8 +10,9 @@ import { piecesCovering } from '../content/pieces.ts'
 import { AbortedError, RangeNotSatisfiableError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
+import type { PeerBlobSession, PeerSource } from '../interface/peers.ts'
 import type { BlobInfo, BlobStore } from '../interface/store.ts'
-import type { UpstreamResolver } from '../interface/upstream.ts'
+import type { Upstream, UpstreamResolver } from '../interface/upstream.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { PriorityLimit } from './priority-limit.ts'
 import { type BlobProgress, BlobTransfer } from './transfer.ts'
@@ -36,6 +37,8 @@ export interface BlobFetcherComponents {
   clock: Clock
   logger: Logger
   metrics?: ShoalMetrics
+  /** Peers that may hold a blob (the swarm); without it every blob comes from its seed. */
+  peers?: PeerSource
 }
 
 export interface BlobFetcherInit {
@@ -45,6 +48,10 @@ export interface BlobFetcherInit {
   registryConcurrency?: number
   /** Cap on Range requests in flight to seeds across all blobs (default 16). */
   registryStreams?: number
+  /** Parallel piece requests per blob to a peer (default 8). */
+  peerConcurrency?: number
+  /** How long a blob whose peer transfer failed is fetched from its seed only (default 10 min). */
+  peerBanMs?: number
 }
 
 /** What a transfer in flight looks like from `shoal status`. */
@@ -72,6 +79,12 @@ export class BlobFetcher implements Startable {
   readonly #transfers = new Map<string, Promise<BlobTransfer>>()
   readonly #live = new Map<string, BlobTransfer>()
   readonly #log: Logger
+  readonly #peerConcurrency: number
+  readonly #peerBanMs: number
+  /** Blobs whose peer transfer failed, until when peers are not asked for them again. */
+  readonly #seedOnly = new Map<string, number>()
+  /** Settles once a failed peer transfer is cleaned up and a seed transfer may start. */
+  readonly #settled = new WeakMap<BlobTransfer, Promise<void>>()
 
   constructor(components: BlobFetcherComponents, init: BlobFetcherInit = {}) {
     this.#c = components
@@ -81,6 +94,8 @@ export class BlobFetcher implements Startable {
     // Room for every stream plus a read-back per transfer, so steady state allocates nothing.
     this.#buffers = new BufferPool(this.#pieceSize, 2 * (init.registryStreams ?? DEFAULT_REGISTRY_STREAMS))
     this.#log = components.logger.child({ component: 'fetch' })
+    this.#peerConcurrency = init.peerConcurrency ?? 8
+    this.#peerBanMs = init.peerBanMs ?? 10 * 60 * 1000
   }
 
   async start(): Promise<void> {}
@@ -111,6 +126,12 @@ export class BlobFetcher implements Startable {
     try {
       if (options.onProgress) options.onProgress(transfer.progress())
       return await raceSignal(transfer.run(), options.signal)
+    } catch (err) {
+      // A transfer from a peer that failed (the peer went away, sent a bad piece, or its piece
+      // list led to a wrong blob) falls back to the seed; once it is cleaned up, go again.
+      if (transfer.source !== 'peer' || options.signal?.aborted) throw err
+      await this.#settled.get(transfer)
+      return this.fetch(req, options)
     } finally {
       off?.()
     }
@@ -157,10 +178,17 @@ export class BlobFetcher implements Startable {
       this.#transfers.set(req.digest, pending)
       pending.then(
         (t) => {
-          t.run().then(
-            () => this.#forget(req.digest),
-            () => this.#forget(req.digest)
+          const settled = t.run().then(
+            () => {
+              this.#forget(req.digest)
+              this.#c.peers?.announce(req.digest)
+            },
+            async (err) => {
+              if (t.source === 'peer') await this.#dropPeerTransfer(t, err)
+              this.#forget(req.digest)
+            }
           )
+          this.#settled.set(t, settled)
         },
         () => this.#forget(req.digest)
       )
@@ -173,9 +201,46 @@ export class BlobFetcher implements Startable {
     this.#live.delete(digest)
   }
 
+  /** Forgets what a failed peer transfer brought in and keeps peers out of this blob a while. */
+  async #dropPeerTransfer(t: BlobTransfer, err: unknown): Promise<void> {
+    this.#seedOnly.set(t.digest, this.#c.clock.now() + this.#peerBanMs)
+    this.#log.warn(
+      { digest: t.digest, err: (err as Error).message },
+      'peer transfer failed; falling back to the seed'
+    )
+    const info = await this.#c.store.stat(t.digest).catch(() => undefined)
+    if (info && !info.complete) await this.#c.store.delete(t.digest).catch(() => undefined)
+  }
+
+  /** A session with a peer holding the blob, when the swarm has one and the blob is not begun. */
+  async #peerSession(req: BlobRequest, options: AbortOptions): Promise<PeerBlobSession | undefined> {
+    const peers = this.#c.peers
+    if (!peers) return undefined
+    const until = this.#seedOnly.get(req.digest)
+    if (until !== undefined) {
+      if (until > this.#c.clock.now()) return undefined
+      this.#seedOnly.delete(req.digest)
+    }
+    try {
+      const session = await peers.open(req.digest, { ...options, size: req.size })
+      if (session && req.size !== undefined && session.pieceList.size !== req.size) {
+        await session.close()
+        return undefined
+      }
+      return session
+    } catch (err) {
+      this.#log.debug({ digest: req.digest, err: (err as Error).message }, 'no peer session')
+      return undefined
+    }
+  }
+
   async #open(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
     const upstream = this.#c.upstreams.resolve(req.registry)
     const known = await this.#c.store.stat(req.digest, options)
+    // Peers are asked only for a blob this node has not begun: a partial blob resumes from the
+    // seed with its own piece size.
+    const peer = known === undefined ? await this.#peerSession(req, options) : undefined
+    if (peer) return this.#openFromPeer(req, peer, upstream, options)
     const size =
       known?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
     const info = await this.#c.store.begin(
@@ -203,6 +268,51 @@ export class BlobFetcher implements Startable {
         priority: this.#transferSeq++
       }
     )
+    this.#live.set(req.digest, transfer)
+    return transfer
+  }
+
+  async #openFromPeer(
+    req: BlobRequest,
+    peer: PeerBlobSession,
+    upstream: Upstream,
+    options: AbortOptions
+  ): Promise<BlobTransfer> {
+    const pl = peer.pieceList
+    let info: BlobInfo
+    try {
+      info = await this.#c.store.begin(
+        req.digest,
+        { size: pl.size, pieceSize: pl.pieceSize, mediaType: req.mediaType },
+        options
+      )
+    } catch (err) {
+      await peer.close()
+      throw err
+    }
+    this.#log.debug({ digest: req.digest, peer: peer.peerId }, 'fetching from a peer')
+    const transfer = new BlobTransfer(
+      {
+        store: this.#c.store,
+        upstream,
+        clock: this.#c.clock,
+        logger: this.#log,
+        registryStreams: this.#streams,
+        metrics: this.#c.metrics,
+        peer
+      },
+      {
+        info,
+        repository: req.repository,
+        held: [],
+        concurrency: this.#peerConcurrency,
+        priority: this.#transferSeq++
+      }
+    )
+    const closeSession = () => {
+      peer.close().catch(() => undefined)
+    }
+    transfer.run().then(closeSession, closeSession)
     this.#live.set(req.digest, transfer)
     return transfer
   }

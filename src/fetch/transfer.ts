@@ -6,6 +6,7 @@ import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
 import { AbortedError, DigestMismatchError, toShoalError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
+import type { PeerBlobSession } from '../interface/peers.ts'
 import type { BlobInfo, BlobStore, Lease, PieceSource } from '../interface/store.ts'
 import type { Upstream } from '../interface/upstream.ts'
 import type { BufferPool } from './buffer-pool.ts'
@@ -39,6 +40,11 @@ export interface BlobTransferComponents {
   registryStreams: PriorityLimit
   /** Piece buffers reused across transfers. */
   buffers?: BufferPool
+  /**
+   * Pieces from a peer instead of the seed: each comes verified against the peer's piece list,
+   * and the whole blob is still checked against its digest at the end.
+   */
+  peer?: PeerBlobSession
   metrics?: ShoalMetrics
 }
 
@@ -95,10 +101,19 @@ export class BlobTransfer {
     this.#repository = init.repository
     this.#concurrency = init.concurrency
     this.#rank = init.priority ?? 0
-    this.#source = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
+    this.#source = components.peer
+      ? 'peer'
+      : components.upstream.kind === 'registry'
+        ? 'registry'
+        : 'oci-layout'
     for (const i of init.held) this.#held.add(i)
     this.#resumed = [...this.#held].reduce((n, i) => n + this.#len(i), 0)
     this.startedAt = components.clock.now()
+  }
+
+  /** Where the pieces come from: `registry`, `oci-layout` or `peer`. */
+  get source(): PieceSource {
+    return this.#source
   }
 
   /** Starts the transfer once; every caller gets the same promise. */
@@ -221,18 +236,27 @@ export class BlobTransfer {
     const signal = this.#abort.signal
     const into = this.#c.buffers?.acquire(range.end - range.start)
     try {
-      const get = () =>
-        this.#c.upstream.fetchBlob(
-          this.#repository,
-          this.digest,
-          whole ? { signal, into } : { range, signal, into }
-        )
-      // A blob of one piece (a config, a small layer) skips the queue for registry streams: the
-      // runtime usually waits on it before anything else, and it costs one short request.
-      const data = this.count <= 1 ? await get() : await this.#c.registryStreams.run(this.#rank, get)
-      // The seed is the root of trust: a piece from it is hashed here, and the hash is what the
-      // piece list records. The whole-blob digest check at the end vouches for it.
-      const sha256 = sha256Hex(data)
+      let data: Uint8Array
+      let sha256: string
+      const peer = this.#c.peer
+      if (peer) {
+        // Verified against the peer's piece list before it gets here.
+        data = await peer.fetchPiece(i, { signal })
+        sha256 = peer.pieceList.hashes[i] as string
+      } else {
+        const get = () =>
+          this.#c.upstream.fetchBlob(
+            this.#repository,
+            this.digest,
+            whole ? { signal, into } : { range, signal, into }
+          )
+        // A blob of one piece (a config, a small layer) skips the queue for registry streams:
+        // the runtime usually waits on it before anything else, and it costs one short request.
+        data = this.count <= 1 ? await get() : await this.#c.registryStreams.run(this.#rank, get)
+        // The seed is the root of trust: a piece from it is hashed here, and the hash is what
+        // the piece list records. The whole-blob digest check at the end vouches for it.
+        sha256 = sha256Hex(data)
+      }
       await this.#c.store.putPiece(this.digest, i, data, { sha256, source: this.#source }, { signal })
       this.#held.add(i)
       // The piece the whole-blob hash needs next is hashed now, while it is in memory; any other
@@ -289,7 +313,7 @@ export class BlobTransfer {
       this.#c.logger.warn({ digest: this.digest, actual }, 'blob failed its digest check; dropped')
       await this.#c.store.delete(this.digest)
       throw new DigestMismatchError(
-        `blob ${this.digest} from ${this.#c.upstream.name} failed verification (bytes hash to ${actual}); nothing was kept`
+        `blob ${this.digest} from ${this.#c.peer ? `peer ${this.#c.peer.peerId}` : this.#c.upstream.name} failed verification (bytes hash to ${actual}); nothing was kept`
       )
     }
     const info = await this.#c.store.complete(this.digest)
