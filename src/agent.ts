@@ -13,6 +13,7 @@ import type { Startable } from './interface/common.ts'
 import { parsePlatform } from './oci/platform.ts'
 import { StaticUpstreamResolver } from './registry/upstream-resolver.ts'
 import { LevelBlobStore } from './store/level-blob-store.ts'
+import { Swarm } from './swarm.ts'
 
 /** The package version, shown by `shoal status`. */
 export const VERSION = '0.1.0'
@@ -37,6 +38,8 @@ export class Agent implements Startable {
   readonly puller: ImagePuller
   readonly socket: SocketApi
   readonly mirror: RegistryMirror | undefined
+  /** The swarm side (libp2p node, DHT, piece protocol) when `swarm.enabled`. */
+  readonly swarm: Swarm | undefined
   readonly #log: Logger
   #started = false
 
@@ -59,8 +62,18 @@ export class Agent implements Startable {
         retries: config.upstream.retries
       }
     )
+    this.swarm = config.swarm.enabled
+      ? new Swarm({ store: this.store, logger }, { ...config.swarm, storeDir: config.storeDir })
+      : undefined
     this.fetcher = new BlobFetcher(
-      { store: this.store, upstreams: this.upstreams, clock, logger, metrics: this.metrics },
+      {
+        store: this.store,
+        upstreams: this.upstreams,
+        clock,
+        logger,
+        metrics: this.metrics,
+        ...(this.swarm && { peers: this.swarm.peers })
+      },
       {
         pieceSize: config.store.pieceSize,
         registryConcurrency: config.fetch.registryConcurrency,
@@ -103,6 +116,7 @@ export class Agent implements Startable {
       socket: this.config.socket.path,
       mirror: this.mirror?.address ?? null,
       storeDir: this.config.storeDir,
+      swarm: this.swarm?.describe() ?? null,
       memory: process.memoryUsage()
     }
   }
@@ -110,6 +124,7 @@ export class Agent implements Startable {
   async start(): Promise<void> {
     if (this.#started) return
     await this.store.start()
+    await this.swarm?.start()
     this.metrics.onScrape = () => this.#refreshStoreGauges()
     this.metrics.storeQuotaBytes.set(this.config.store.quota)
     await this.fetcher.start()
@@ -125,6 +140,7 @@ export class Agent implements Startable {
     await this.mirror?.stop()
     await this.socket.stop()
     await this.fetcher.stop()
+    await this.swarm?.stop()
     await this.upstreams.close()
     await this.store.stop()
     this.#log.info('agent stopped')

@@ -41,6 +41,14 @@ export async function agentCommand(flags: AgentFlags): Promise<void> {
   Object.assign(config.registries, registries)
   const logger = createLogger({ level: config.log.level })
   const agent = new Agent({ logger }, config)
+  // A promise nobody awaited failed: a bug worth a loud log line, not a reason to drop every
+  // runtime's pulls. Thrown exceptions still end the process: its state is unknown after one.
+  process.on('unhandledRejection', (err) => {
+    logger.error(
+      { err: err instanceof Error ? err.message : String(err), stack: (err as Error)?.stack },
+      'unhandled rejection'
+    )
+  })
   await agent.start()
   let stopping = false
   const stop = async (signal: string) => {

@@ -59,9 +59,22 @@ program
   .option('--registry <url>', 'use this seed registry instead of the embedded OCI layout')
   .option('--image <ref>', 'image to pull (with --registry)')
   .option('--dir <dir>', 'working directory for the demo', '.shoal/demo')
-  .action(async (o: { registry?: string; image?: string; dir: string }) => {
+  .option('--nodes <n>', 'agents in the local swarm', (v) => Number.parseInt(v, 10), 3)
+  .action(async (o: { registry?: string; image?: string; dir: string; nodes: number }) => {
+    await import('../polyfill.ts')
     const { demoCommand } = await import('./demo-command.ts')
     await demoCommand(o)
+  })
+
+program
+  .command('swarm-key')
+  .description('write a new pre-shared swarm key to a file (mode 0600); every node of a swarm needs the same')
+  .argument('<file>', 'where to write it; an existing file is kept')
+  .action(async (file: string) => {
+    await import('../polyfill.ts')
+    const { loadOrCreateSwarmKey } = await import('../p2p/swarm-key.ts')
+    await loadOrCreateSwarmKey(file)
+    process.stdout.write(`swarm key in ${file}\n`)
   })
 
 try {

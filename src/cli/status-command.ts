@@ -11,6 +11,7 @@ interface Status {
   store: { usedBytes: number; quotaBytes: number; blobs: number; completeBlobs: number }
   transfers: { digest: string; size: number; bytesHeld: number; piecesHeld: number; pieceCount: number }[]
   bytes: { fetched: Record<string, number>; served: Record<string, number> }
+  swarm?: { peerId?: string; addresses?: string[]; peers?: number; announced?: number } | null
 }
 
 /** `shoal status`: the agent at a glance (or its JSON with `--json`). */
@@ -30,6 +31,13 @@ export async function statusCommand(socket: string, json: boolean, out = process
     `  served   ${fmtMap(s.bytes.served)}`,
     `  transfers ${s.transfers.length}`
   ]
+  if (s.swarm?.peerId) {
+    lines.splice(
+      3,
+      0,
+      `  swarm    ${s.swarm.peerId}, ${s.swarm.peers ?? 0} peers, ${s.swarm.announced ?? 0} blobs announced`
+    )
+  }
   for (const t of s.transfers) {
     lines.push(
       `    ${shortDigest(t.digest)} ${formatBytes(t.bytesHeld)} / ${formatBytes(t.size)} (${t.piecesHeld}/${t.pieceCount} pieces)`

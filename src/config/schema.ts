@@ -10,7 +10,8 @@ import {
   DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
   DEFAULT_UPSTREAM_RETRIES,
   MAX_PIECE_SIZE,
-  MIN_PIECE_SIZE
+  MIN_PIECE_SIZE,
+  second
 } from '../constants.ts'
 import { parseDuration, parseSize } from './units.ts'
 
@@ -105,6 +106,27 @@ export const configSchema = z.strictObject({
       registryStreams: z.number().int().min(1).max(256).default(DEFAULT_REGISTRY_STREAMS)
     })
     .prefault({}),
+  swarm: z
+    .strictObject({
+      /** Join the swarm: fetch blobs from peers and serve them to peers. */
+      enabled: z.boolean().default(false),
+      /** libp2p listen addresses. */
+      listen: z.array(z.string().startsWith('/')).default(['/ip4/0.0.0.0/tcp/4001']),
+      /** Peers to join through: multiaddrs ending in `/p2p/<peer id>`. */
+      bootstrap: z.array(z.string().startsWith('/')).default([]),
+      /** The pre-shared swarm key file (`shoal swarm-key` writes one); every node needs the same. */
+      keyFile: z.string().min(1).optional(),
+      /** When set, only these peer ids may connect. */
+      allowPeers: z.array(z.string().min(1)).optional(),
+      /** How long a provider lookup may take before a blob goes to the seed. */
+      findTimeout: duration().default(2 * second),
+      /** Concurrent piece-protocol sessions this node serves. */
+      uploadSlots: z.number().int().min(1).max(1024).default(16)
+    })
+    .prefault({})
+    .refine((s) => !s.enabled || s.keyFile !== undefined, {
+      message: 'swarm.keyFile is required when the swarm is enabled'
+    }),
   /** Platform picked from image indexes, `os/arch[/variant]`; defaults to this machine's. */
   platform: z
     .string()

@@ -48,7 +48,7 @@ export interface BlobFetcherInit {
   registryConcurrency?: number
   /** Cap on Range requests in flight to seeds across all blobs (default 16). */
   registryStreams?: number
-  /** Parallel piece requests per blob to a peer (default 8). */
+  /** Parallel piece requests per blob to a peer (default 4). */
   peerConcurrency?: number
   /** How long a blob whose peer transfer failed is fetched from its seed only (default 10 min). */
   peerBanMs?: number
@@ -94,7 +94,8 @@ export class BlobFetcher implements Startable {
     // Room for every stream plus a read-back per transfer, so steady state allocates nothing.
     this.#buffers = new BufferPool(this.#pieceSize, 2 * (init.registryStreams ?? DEFAULT_REGISTRY_STREAMS))
     this.#log = components.logger.child({ component: 'fetch' })
-    this.#peerConcurrency = init.peerConcurrency ?? 8
+    // Pieces in flight per peer session: 4 x 4 MiB stays well inside the stream read buffer.
+    this.#peerConcurrency = init.peerConcurrency ?? 4
     this.#peerBanMs = init.peerBanMs ?? 10 * 60 * 1000
   }
 

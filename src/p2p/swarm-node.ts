@@ -6,6 +6,7 @@
  * silently on a LAN when left out (see the comments and shared/recipes/libp2p.md).
  */
 import '../polyfill.ts'
+import './xsalsa20-patch.ts'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { bootstrap } from '@libp2p/bootstrap'

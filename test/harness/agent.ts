@@ -25,6 +25,7 @@ export interface AgentStatus {
   store: { usedBytes: number; blobs: number; completeBlobs: number }
   transfers: { digest: string; piecesHeld: number; pieceCount: number }[]
   bytes: { fetched: Record<string, number>; served: Record<string, number> }
+  swarm: { peerId: string; addresses: string[]; peers: number; announced: number } | null
 }
 
 /** A real `shoal agent` process on loopback with its own store, socket and mirror port. */

@@ -1,0 +1,125 @@
+import './polyfill.ts'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { ConfigInvalidError } from './errors.ts'
+import type { AbortOptions, Startable } from './interface/common.ts'
+import type { PeerBlobSession, PeerSource } from './interface/peers.ts'
+import type { BlobStore } from './interface/store.ts'
+import { DhtContentRouting } from './p2p/content-routing.ts'
+import { loadOrCreatePrivateKey } from './p2p/identity.ts'
+import { PieceExchange } from './p2p/piece-exchange.ts'
+import { parseSwarmKey } from './p2p/swarm-key.ts'
+import { SwarmNode } from './p2p/swarm-node.ts'
+import { SwarmPeerSource } from './p2p/swarm-peers.ts'
+
+export interface SwarmInit {
+  listen: string[]
+  bootstrap: string[]
+  keyFile?: string | undefined
+  allowPeers?: string[] | undefined
+  findTimeout: number
+  uploadSlots: number
+  /** The identity key and the peer store live under the agent's store directory. */
+  storeDir: string
+}
+
+/**
+ * The agent's swarm side, wired in one place: the libp2p node (swarm key, private DHT), the
+ * piece protocol serving what the store holds, and the fetcher's `PeerSource`. The fetcher is
+ * built before the node can start (keys are read in `start`), so `peers` forwards to the real
+ * source once it exists and finds no peers until then.
+ */
+export class Swarm implements Startable {
+  readonly #store: BlobStore
+  readonly #log: Logger
+  readonly #init: SwarmInit
+  #node: SwarmNode | undefined
+  #exchange: PieceExchange | undefined
+  #source: SwarmPeerSource | undefined
+
+  readonly peers: PeerSource = {
+    open: (
+      digest: string,
+      options?: AbortOptions & { size?: number }
+    ): Promise<PeerBlobSession | undefined> =>
+      this.#source ? this.#source.open(digest, options) : Promise.resolve(undefined),
+    announce: (digest: string) => this.#source?.announce(digest),
+    withdraw: (digest: string) => this.#source?.withdraw(digest)
+  }
+
+  constructor(components: { store: BlobStore; logger: Logger }, init: SwarmInit) {
+    this.#store = components.store
+    this.#log = components.logger
+    this.#init = init
+  }
+
+  async start(): Promise<void> {
+    if (this.#node) return
+    const keyFile = this.#init.keyFile
+    if (!keyFile) throw new ConfigInvalidError('swarm.keyFile is required when the swarm is enabled')
+    let keyText: string
+    try {
+      keyText = await readFile(keyFile, 'utf8')
+    } catch (err) {
+      throw new ConfigInvalidError(`cannot read the swarm key ${keyFile}: ${(err as Error).message}`, {
+        cause: err
+      })
+    }
+    const node = new SwarmNode(
+      { logger: this.#log },
+      {
+        listen: this.#init.listen,
+        bootstrap: this.#init.bootstrap,
+        swarmKey: parseSwarmKey(keyText),
+        privateKey: await loadOrCreatePrivateKey(join(this.#init.storeDir, 'identity.key')),
+        datastorePath: join(this.#init.storeDir, 'p2p'),
+        ...(this.#init.allowPeers && { allowPeers: this.#init.allowPeers })
+      }
+    )
+    await node.start()
+    const routing = new DhtContentRouting({ node, logger: this.#log })
+    const exchange = new PieceExchange(
+      { node, store: this.#store, logger: this.#log },
+      { uploadSlots: this.#init.uploadSlots }
+    )
+    await exchange.start()
+    this.#node = node
+    this.#exchange = exchange
+    this.#source = new SwarmPeerSource(
+      { routing, exchange, logger: this.#log },
+      { findTimeoutMs: this.#init.findTimeout }
+    )
+    // Re-announce what the store already holds (after a restart), in the background.
+    const source = this.#source
+    this.#store.list().then(
+      (blobs) => {
+        for (const b of blobs) if (b.complete) source.announce(b.digest)
+      },
+      () => undefined
+    )
+  }
+
+  async stop(): Promise<void> {
+    const node = this.#node
+    if (!node) return
+    this.#source = undefined
+    this.#node = undefined
+    await this.#exchange?.stop()
+    this.#exchange = undefined
+    await node.stop()
+  }
+
+  /** Peer id, addresses and peers, for `shoal status`. */
+  describe(): Record<string, unknown> {
+    const node = this.#node
+    if (!node) return { started: false }
+    return {
+      peerId: node.peerId,
+      addresses: node.addresses(),
+      peers: node.peers().length,
+      announced: this.#source?.announced ?? 0,
+      served: this.#exchange?.stats
+    }
+  }
+}
