@@ -11,7 +11,13 @@ interface Status {
   store: { usedBytes: number; quotaBytes: number; blobs: number; completeBlobs: number }
   transfers: { digest: string; size: number; bytesHeld: number; piecesHeld: number; pieceCount: number }[]
   bytes: { fetched: Record<string, number>; served: Record<string, number> }
-  swarm?: { peerId?: string; addresses?: string[]; peers?: number; announced?: number } | null
+  swarm?: {
+    peerId?: string
+    addresses?: string[]
+    peers?: number
+    announced?: number
+    served?: { bytesServed?: number }
+  } | null
 }
 
 /** `shoal status`: the agent at a glance (or its JSON with `--json`). */
@@ -28,7 +34,7 @@ export async function statusCommand(socket: string, json: boolean, out = process
     `  mirror   ${s.mirror ?? 'disabled'}`,
     `  store    ${s.storeDir}: ${formatBytes(s.store.usedBytes)} of ${formatBytes(s.store.quotaBytes)} (${pct} %), ${s.store.completeBlobs} complete / ${s.store.blobs} blobs`,
     `  fetched  ${fmtMap(s.bytes.fetched)}`,
-    `  served   ${fmtMap(s.bytes.served)}`,
+    `  served   ${fmtMap({ ...s.bytes.served, ...(s.swarm?.served?.bytesServed ? { peers: s.swarm.served.bytesServed } : {}) })}`,
     `  transfers ${s.transfers.length}`
   ]
   if (s.swarm?.peerId) {
