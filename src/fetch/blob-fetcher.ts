@@ -15,7 +15,7 @@ import type { BlobInfo, BlobStore } from '../interface/store.ts'
 import type { Upstream, UpstreamResolver } from '../interface/upstream.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { PriorityLimit } from './priority-limit.ts'
-import { type BlobProgress, BlobTransfer } from './transfer.ts'
+import { type BlobProgress, BlobTransfer, type BlobTransferComponents } from './transfer.ts'
 
 /** A blob to bring in, and where the seed keeps it. */
 export interface BlobRequest {
@@ -202,6 +202,17 @@ export class BlobFetcher implements Startable {
     this.#live.delete(digest)
   }
 
+  #transferComponents(upstream: Upstream): BlobTransferComponents {
+    return {
+      store: this.#c.store,
+      upstream,
+      clock: this.#c.clock,
+      logger: this.#log,
+      registryStreams: this.#streams,
+      ...(this.#c.metrics && { metrics: this.#c.metrics })
+    }
+  }
+
   /** Forgets what a failed peer transfer brought in and keeps peers out of this blob a while. */
   async #dropPeerTransfer(t: BlobTransfer, err: unknown): Promise<void> {
     this.#seedOnly.set(t.digest, this.#c.clock.now() + this.#peerBanMs)
@@ -252,15 +263,7 @@ export class BlobFetcher implements Startable {
     const held = (await this.#c.store.pieces(req.digest, options)).map((p) => p.index)
     if (held.length > 0) this.#log.info({ digest: req.digest, held: held.length }, 'resuming partial blob')
     const transfer = new BlobTransfer(
-      {
-        store: this.#c.store,
-        upstream,
-        clock: this.#c.clock,
-        logger: this.#log,
-        registryStreams: this.#streams,
-        buffers: this.#buffers,
-        metrics: this.#c.metrics
-      },
+      { ...this.#transferComponents(upstream), buffers: this.#buffers },
       {
         info,
         repository: req.repository,
@@ -293,15 +296,7 @@ export class BlobFetcher implements Startable {
     }
     this.#log.debug({ digest: req.digest, peer: peer.peerId }, 'fetching from a peer')
     const transfer = new BlobTransfer(
-      {
-        store: this.#c.store,
-        upstream,
-        clock: this.#c.clock,
-        logger: this.#log,
-        registryStreams: this.#streams,
-        metrics: this.#c.metrics,
-        peer
-      },
+      { ...this.#transferComponents(upstream), peer },
       {
         info,
         repository: req.repository,
