@@ -50,7 +50,12 @@ export class Agent implements Startable {
     this.#log = logger.child({ component: 'agent' })
     this.store = new LevelBlobStore(
       { clock, logger },
-      { root: join(config.storeDir), quotaBytes: config.store.quota }
+      {
+        root: join(config.storeDir),
+        quotaBytes: config.store.quota,
+        // An evicted blob is no longer offered to the swarm.
+        onEvict: (digest) => this.swarm?.peers.withdraw(digest)
+      }
     )
     this.upstreams = new StaticUpstreamResolver(
       { logger },

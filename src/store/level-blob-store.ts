@@ -38,6 +38,8 @@ export interface LevelBlobStoreInit {
   /** Root directory: `index/` (LevelDB) and `blobs/sha256/<hex>` (one data file per blob). */
   root: string
   quotaBytes: number
+  /** Told of every blob evicted for room (the swarm stops announcing it). */
+  onEvict?: (digest: string) => void
 }
 
 interface BlobRecord {
@@ -76,6 +78,7 @@ export class LevelBlobStore implements BlobStore {
   readonly #root: string
   readonly #dataDir: string
   readonly #quota: LruQuota
+  readonly #onEvict: ((digest: string) => void) | undefined
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
   readonly #writers = new Map<string, Promise<FileHandle>>()
   /** Removals in progress, by digest (see `#purge`). */
@@ -88,6 +91,7 @@ export class LevelBlobStore implements BlobStore {
     this.#root = init.root
     this.#dataDir = join(init.root, 'blobs', 'sha256')
     this.#quota = new LruQuota(init.quotaBytes)
+    this.#onEvict = init.onEvict
   }
 
   async start(): Promise<void> {
@@ -133,6 +137,7 @@ export class LevelBlobStore implements BlobStore {
     const evicted: Promise<void>[] = []
     for (const victim of this.#quota.victimsFor(digest, init.size)) {
       this.#log.info({ digest: victim }, 'evicting least recently used blob')
+      this.#onEvict?.(victim)
       evicted.push(this.#purge(db, victim))
     }
     this.#quota.blobs.set(digest, info)

@@ -22,6 +22,8 @@ export interface MemoryBlobStoreComponents {
 export interface MemoryBlobStoreInit {
   /** Bytes all blobs together may reserve (see `StoreUsage.usedBytes`). */
   quotaBytes: number
+  /** Told of every blob evicted for room. */
+  onEvict?: (digest: string) => void
 }
 
 /**
@@ -33,6 +35,7 @@ export class MemoryBlobStore implements BlobStore {
   readonly #log: Logger
   readonly #clock: Clock
   readonly #quota: LruQuota
+  readonly #onEvict: ((digest: string) => void) | undefined
   readonly #data = new Map<string, Uint8Array>()
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
   #open = false
@@ -41,6 +44,7 @@ export class MemoryBlobStore implements BlobStore {
     this.#log = components.logger.child({ component: 'store' })
     this.#clock = components.clock
     this.#quota = new LruQuota(init.quotaBytes)
+    this.#onEvict = init.onEvict
   }
 
   async start(): Promise<void> {
@@ -64,6 +68,7 @@ export class MemoryBlobStore implements BlobStore {
     // same victims or the same free bytes.
     for (const victim of this.#quota.victimsFor(digest, init.size)) {
       this.#log.info({ digest: victim }, 'evicting least recently used blob')
+      this.#onEvict?.(victim)
       this.#forget(victim)
     }
     this.#quota.blobs.set(digest, info)
