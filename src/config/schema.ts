@@ -121,7 +121,7 @@ export const configSchema = z.strictObject({
       /** How long a provider lookup may take before a blob goes to the seed. */
       findTimeout: duration().default(2 * second),
       /** Concurrent piece-protocol sessions this node serves. */
-      uploadSlots: z.number().int().min(1).max(1024).default(16)
+      uploadSlots: z.number().int().min(1).max(1024).default(64)
     })
     .prefault({})
     .refine((s) => !s.enabled || s.keyFile !== undefined, {
