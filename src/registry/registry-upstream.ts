@@ -28,6 +28,8 @@ import type {
   Upstream
 } from '../interface/upstream.ts'
 import { DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST } from '../oci/media-types.ts'
+import { type Response, readCapped } from './http-body.ts'
+import { RegistryAuth } from './registry-auth.ts'
 
 /** Redirects followed per request: registries send blobs to S3 or a CDN with one or two hops. */
 const MAX_REDIRECTS = 5
@@ -36,12 +38,6 @@ const MAX_RETRY_AFTER = 10 * second
 /** First backoff between retries; doubles with jitter. */
 const RETRY_MIN_TIMEOUT = 100
 const RETRY_MAX_TIMEOUT = 5 * second
-/** Largest token-endpoint answer or error body read. */
-const MAX_SMALL_BODY = 1024 * 1024
-/** Tokens are refreshed this long before the registry says they expire. */
-const TOKEN_EXPIRY_MARGIN = 10 * second
-/** Lifetime assumed when the token endpoint gives none (the distribution spec's default). */
-const DEFAULT_TOKEN_LIFETIME = 60 * second
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308])
 const RETRYABLE_CODES = new Set(['UPSTREAM_UNAVAILABLE', 'UPSTREAM_RATE_LIMITED'])
@@ -102,13 +98,6 @@ interface Exchange {
   what: string
 }
 
-interface CachedToken {
-  value: string
-  expiresAt: number
-}
-
-type Response = Dispatcher.ResponseData
-
 /**
  * An OCI distribution registry over HTTP (API v2): manifests and blobs with bearer-token or
  * basic auth, manual redirects that drop credentials when the host changes, and retries with
@@ -125,14 +114,7 @@ export class RegistryUpstream implements Upstream {
   readonly #dispatcher: Dispatcher
   /** Only the agent we created is ours to close. */
   readonly #ownAgent: Agent | undefined
-  /** Bearer tokens by scope (`repository:app:pull`). */
-  readonly #tokens = new Map<string, CachedToken>()
-  /** Token requests in flight by scope, so parallel requests share one. */
-  readonly #pendingTokens = new Map<string, Promise<CachedToken>>()
-  /** The scope the registry's challenge named for each repository. */
-  readonly #scopes = new Map<string, string>()
-  /** Set once the registry answered with a `Basic` challenge. */
-  #basic = false
+  readonly #auth: RegistryAuth
 
   constructor(components: RegistryUpstreamComponents, init: RegistryUpstreamInit) {
     this.name = init.name
@@ -150,6 +132,16 @@ export class RegistryUpstream implements Upstream {
       })
       this.#dispatcher = this.#ownAgent
     }
+    this.#auth = new RegistryAuth(
+      {
+        dispatcher: this.#dispatcher,
+        clock: this.#clock,
+        logger: this.#log,
+        where: (what) => this.#where(what),
+        statusError: (res, what) => this.#statusError(res, what)
+      },
+      init
+    )
   }
 
   async getManifest(
@@ -410,7 +402,7 @@ export class RegistryUpstream implements Upstream {
       const headers = { ...ex.headers }
       const own = url.origin === this.#base.origin
       if (own) {
-        const auth = this.#authorization(ex.repository)
+        const auth = this.#auth.authorization(ex.repository)
         if (auth) headers.authorization = auth
       }
       const res = await request(url, {
@@ -435,7 +427,7 @@ export class RegistryUpstream implements Upstream {
         challenged = true
         const challenge = header(res, 'www-authenticate')
         await res.body.dump()
-        if (challenge && (await this.#answerChallenge(challenge, ex, signal))) {
+        if (challenge && (await this.#auth.answerChallenge(challenge, ex.repository, ex.what, signal))) {
           url = start
           hops = 0
           continue
@@ -446,90 +438,6 @@ export class RegistryUpstream implements Upstream {
       }
       return res
     }
-  }
-
-  #authorization(repository: string): string | undefined {
-    if (this.#init.token) return `Bearer ${this.#init.token}`
-    const scope = this.#scopes.get(repository) ?? defaultScope(repository)
-    const token = this.#tokens.get(scope)
-    if (token && token.expiresAt > this.#clock.now()) return `Bearer ${token.value}`
-    if (this.#basic) return this.#basicCredentials()
-    return undefined
-  }
-
-  #basicCredentials(): string | undefined {
-    const { username, password } = this.#init
-    if (username === undefined || password === undefined) return undefined
-    return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`
-  }
-
-  /** Returns true when the request is worth repeating with new credentials. */
-  async #answerChallenge(challenge: string, ex: Exchange, signal: AbortSignal | undefined): Promise<boolean> {
-    const { scheme, params } = parseChallenge(challenge)
-    if (scheme === 'basic') {
-      if (this.#basic || !this.#basicCredentials()) return false
-      this.#basic = true
-      return true
-    }
-    if (scheme !== 'bearer' || this.#init.token) return false
-    const realm = params.get('realm')
-    if (!realm) throw new UpstreamProtocolError(`${this.#where(ex.what)}: Bearer challenge without realm`)
-    const scope = params.get('scope') ?? defaultScope(ex.repository)
-    this.#scopes.set(ex.repository, scope)
-    let pending = this.#pendingTokens.get(scope)
-    if (!pending) {
-      pending = this.#fetchToken(realm, params.get('service'), scope, ex.what, signal)
-      this.#pendingTokens.set(scope, pending)
-      pending.then(
-        () => this.#pendingTokens.delete(scope),
-        () => this.#pendingTokens.delete(scope)
-      )
-    }
-    this.#tokens.set(scope, await pending)
-    return true
-  }
-
-  async #fetchToken(
-    realm: string,
-    service: string | undefined,
-    scope: string,
-    what: string,
-    signal: AbortSignal | undefined
-  ): Promise<CachedToken> {
-    const url = new URL(realm)
-    if (service) url.searchParams.set('service', service)
-    for (const s of scope.split(' ').filter(Boolean)) url.searchParams.append('scope', s)
-    const headers: Record<string, string> = {}
-    const basic = this.#basicCredentials()
-    if (basic) headers.authorization = basic
-    const res = await request(url, {
-      method: 'GET',
-      headers,
-      dispatcher: this.#dispatcher,
-      signal,
-      headersTimeout: this.#init.responseTimeoutMs,
-      bodyTimeout: this.#init.bodyTimeoutMs
-    })
-    const tokenWhat = `${what} (token from ${url.origin})`
-    if (res.statusCode !== 200) throw await this.#statusError(res, tokenWhat)
-    const body = await readCapped(res, MAX_SMALL_BODY, () => this.#where(tokenWhat))
-    let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown }
-    try {
-      parsed = JSON.parse(Buffer.from(body).toString('utf8'))
-    } catch (err) {
-      throw new UpstreamProtocolError(`${this.#where(tokenWhat)}: answer is not JSON`, { cause: err })
-    }
-    const value = typeof parsed.token === 'string' ? parsed.token : parsed.access_token
-    if (typeof value !== 'string' || value === '') {
-      throw new UpstreamProtocolError(`${this.#where(tokenWhat)}: answer has no token`)
-    }
-    const lifetime =
-      typeof parsed.expires_in === 'number' && parsed.expires_in > 0
-        ? parsed.expires_in * second
-        : DEFAULT_TOKEN_LIFETIME
-    const margin = Math.min(TOKEN_EXPIRY_MARGIN, lifetime / 2)
-    this.#log.debug({ scope, lifetime }, 'got registry token')
-    return { value, expiresAt: this.#clock.now() + lifetime - margin }
   }
 
   /**
@@ -587,10 +495,6 @@ function blobPath(repository: string, digest: string): string {
   return `/v2/${repository}/blobs/${digest}`
 }
 
-function defaultScope(repository: string): string {
-  return `repository:${repository}:pull`
-}
-
 function header(res: Response, name: string): string | undefined {
   const v = res.headers[name]
   const s = Array.isArray(v) ? v[0] : v
@@ -613,31 +517,6 @@ function retryAfterMs(v: string | undefined, now: number): number {
   if (!v) return 0
   const ms = /^\d+$/.test(v.trim()) ? Number(v.trim()) * second : Date.parse(v) - now
   return Number.isFinite(ms) ? Math.max(0, Math.min(ms, MAX_RETRY_AFTER)) : 0
-}
-
-/** Parses `Bearer realm="...",service="...",scope="..."`. */
-function parseChallenge(v: string): { scheme: string; params: Map<string, string> } {
-  const m = /^\s*(\S+)\s*(.*)$/.exec(v)
-  const params = new Map<string, string>()
-  for (const p of (m?.[2] ?? '').matchAll(/([A-Za-z_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g)) {
-    if (p[1]) params.set(p[1].toLowerCase(), p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : (p[3] ?? ''))
-  }
-  return { scheme: (m?.[1] ?? '').toLowerCase(), params }
-}
-
-/** Reads a body of at most `cap` bytes; a longer one is an error. */
-async function readCapped(res: Response, cap: number, where: () => string): Promise<Uint8Array> {
-  const chunks: Buffer[] = []
-  let total = 0
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    total += chunk.length
-    if (total > cap) {
-      res.body.destroy()
-      throw new UpstreamProtocolError(`${where()}: body larger than ${cap} bytes`)
-    }
-    chunks.push(chunk)
-  }
-  return new Uint8Array(Buffer.concat(chunks, total))
 }
 
 /** A short reason from a registry error body (`{"errors":[{"code","message"}]}`), if any. */
