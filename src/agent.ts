@@ -68,7 +68,10 @@ export class Agent implements Startable {
       }
     )
     this.swarm = config.swarm.enabled
-      ? new Swarm({ store: this.store, logger }, { ...config.swarm, storeDir: config.storeDir })
+      ? new Swarm(
+          { store: this.store, logger, metrics: this.metrics },
+          { ...config.swarm, storeDir: config.storeDir }
+        )
       : undefined
     this.fetcher = new BlobFetcher(
       {

@@ -2,6 +2,7 @@ import './polyfill.ts'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
+import type { ShoalMetrics } from './api/metrics.ts'
 import { ConfigInvalidError } from './errors.ts'
 import type { AbortOptions, Startable } from './interface/common.ts'
 import type { PeerBlobSession, PeerSource } from './interface/peers.ts'
@@ -32,6 +33,7 @@ export interface SwarmInit {
  */
 export class Swarm implements Startable {
   readonly #store: BlobStore
+  readonly #metrics: ShoalMetrics | undefined
   readonly #log: Logger
   readonly #init: SwarmInit
   #node: SwarmNode | undefined
@@ -48,8 +50,9 @@ export class Swarm implements Startable {
     withdraw: (digest: string) => this.#source?.withdraw(digest)
   }
 
-  constructor(components: { store: BlobStore; logger: Logger }, init: SwarmInit) {
+  constructor(components: { store: BlobStore; logger: Logger; metrics?: ShoalMetrics }, init: SwarmInit) {
     this.#store = components.store
+    this.#metrics = components.metrics
     this.#log = components.logger
     this.#init = init
   }
@@ -80,7 +83,7 @@ export class Swarm implements Startable {
     await node.start()
     const routing = new DhtContentRouting({ node, logger: this.#log })
     const exchange = new PieceExchange(
-      { node, store: this.#store, logger: this.#log },
+      { node, store: this.#store, logger: this.#log, ...(this.#metrics && { metrics: this.#metrics }) },
       { uploadSlots: this.#init.uploadSlots }
     )
     await exchange.start()

@@ -15,6 +15,7 @@ import '../polyfill.ts'
 import type { Stream } from '@libp2p/interface'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
+import type { ShoalMetrics } from '../api/metrics.ts'
 import { second } from '../constants.ts'
 import { isDigest } from '../content/digest.ts'
 import { decodePieceList, encodePieceList, type PieceList, verifyPiece } from '../content/piece-list.ts'
@@ -60,6 +61,8 @@ export interface PieceExchangeComponents {
   node: SwarmNode
   store: BlobStore
   logger: Logger
+  /** Counts bytes served to and taken from peers (`shoal_served_bytes_total{interface="peer"}`). */
+  metrics?: ShoalMetrics
 }
 
 /** Configuration of a `PieceExchange`. */
@@ -158,6 +161,7 @@ export class PieceExchange implements Startable {
   readonly protocol: string
   readonly #node: SwarmNode
   readonly #store: BlobStore
+  readonly #metrics: ShoalMetrics | undefined
   readonly #log: Logger
   readonly #uploadSlots: number
   readonly #openTimeoutMs: number
@@ -170,6 +174,7 @@ export class PieceExchange implements Startable {
   constructor(components: PieceExchangeComponents, init: PieceExchangeInit = {}) {
     this.#node = components.node
     this.#store = components.store
+    this.#metrics = components.metrics
     this.#log = components.logger.child({ component: 'pieces' })
     this.protocol = `${init.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX}${PIECE_PROTOCOL_SUFFIX}`
     this.#uploadSlots = init.uploadSlots ?? DEFAULT_UPLOAD_SLOTS
@@ -284,7 +289,8 @@ export class PieceExchange implements Startable {
       stats: this.stats,
       log: this.#log,
       helloTimeoutMs: this.#openTimeoutMs,
-      onClosed: (s) => this.#served.delete(s)
+      onClosed: (s) => this.#served.delete(s),
+      onServed: (n) => this.#metrics?.bytesServed.inc({ interface: 'peer' }, n)
     })
     this.#served.add(session)
   }
@@ -321,6 +327,7 @@ interface ServedSessionInit {
   log: Logger
   helloTimeoutMs: number
   onClosed: (s: ServedSession) => void
+  onServed: (bytes: number) => void
 }
 
 /** One inbound stream being served: hello, then requests answered in order. */
@@ -519,6 +526,7 @@ class ServedSession {
     const more = sendFrame(this.#stream, { type: 'piece', index, data })
     this.#init.stats.piecesServed++
     this.#init.stats.bytesServed += data.length
+    this.#init.onServed(data.length)
     if (!more) await waitForDrain(this.#stream, this.#abort.signal)
   }
 

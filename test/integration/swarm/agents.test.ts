@@ -92,6 +92,8 @@ describe('agents share layers through the swarm', () => {
     const r = await containerd.pull(image.ref, { mirrorHost: c.mirror })
     assert.equal(r.code, 0, r.stderr)
     for (const l of image.layers) assert.equal(registry.bytesServed(l.digest), 0, `registry sent ${l.digest}`)
+    // The seed counted what it served to its peers.
+    assert.match(await seed.metrics(), /shoal_served_bytes_total\{interface="peer"\} [1-9]/)
     const cs = await c.status()
     assert.ok((cs.bytes.fetched.peer ?? 0) >= layerBytes, JSON.stringify(cs.bytes))
   })
