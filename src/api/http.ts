@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BadRequestError, httpStatusOf, RangeNotSatisfiableError, toShoalError } from '../errors.ts'
@@ -92,4 +92,25 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
     chunks.push(chunk as Buffer)
   }
   return Buffer.concat(chunks)
+}
+
+/** Starts `server` listening on a unix socket path or a port and host; rejects on EADDRINUSE etc. */
+export function listen(server: Server, at: { path: string } | { port: number; host: string }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    const done = () => {
+      server.off('error', reject)
+      resolve()
+    }
+    if ('path' in at) server.listen(at.path, done)
+    else server.listen(at.port, at.host, done)
+  })
+}
+
+/** Stops accepting and ends every open connection, keep-alive ones included. */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve())
+    server.closeAllConnections()
+  })
 }

@@ -52,13 +52,6 @@ export class ShoalMetrics {
     registers: [this.registry]
   })
 
-  readonly upstreamRequests = new Counter({
-    name: 'shoal_upstream_requests_total',
-    help: 'Requests the agent made to upstream registries, by kind and outcome',
-    labelNames: ['kind', 'outcome'] as const,
-    registers: [this.registry]
-  })
-
   readonly httpRequests = new Counter({
     name: 'shoal_http_requests_total',
     help: 'Requests answered on the mirror and the socket API, by interface and status',

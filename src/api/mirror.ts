@@ -9,7 +9,7 @@ import type { Startable } from '../interface/common.ts'
 import type { BlobStore } from '../interface/store.ts'
 import type { UpstreamResolver } from '../interface/upstream.ts'
 import { sendStoredBlob } from './blob-response.ts'
-import { requestSignal } from './http.ts'
+import { closeServer, listen, requestSignal } from './http.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
 export interface RegistryMirrorComponents {
@@ -81,13 +81,7 @@ export class RegistryMirror implements Startable {
     server.on('clientError', (_err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, host, () => {
-        server.off('error', reject)
-        resolve()
-      })
-    })
+    await listen(server, { port, host })
     this.#server = server
     this.#log.info({ address: this.address }, 'registry mirror listening')
   }
@@ -96,10 +90,7 @@ export class RegistryMirror implements Startable {
     const s = this.#server
     if (!s) return
     this.#server = undefined
-    await new Promise<void>((resolve) => {
-      s.close(() => resolve())
-      s.closeAllConnections()
-    })
+    await closeServer(s)
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -15,7 +15,7 @@ import type { BlobStore } from '../interface/store.ts'
 import { parsePlatform } from '../oci/platform.ts'
 import { parseReference } from '../oci/reference.ts'
 import { sendStoredBlob } from './blob-response.ts'
-import { parseRange, readBody, requestSignal, sendError, sendJson } from './http.ts'
+import { closeServer, listen, parseRange, readBody, requestSignal, sendError, sendJson } from './http.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
 /** Largest range served on demand before its blob is complete; larger ones wait for the blob. */
@@ -71,19 +71,16 @@ export class SocketApi implements Startable {
           this.#log.warn({ path: req.url?.slice(0, 300), err: toShoalError(err).message }, 'request failed')
       })
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      // The umask keeps the socket private from the moment it exists; chmod then sets the mode.
-      const old = process.umask(0o177)
-      try {
-        server.listen(this.#init.path, () => {
-          server.off('error', reject)
-          resolve()
-        })
-      } finally {
-        process.umask(old)
-      }
-    })
+    // The umask keeps the socket private from the moment it exists; chmod then sets the mode.
+    // (listen creates the socket file synchronously, so restoring the umask right after is safe.)
+    const old = process.umask(0o177)
+    let listening: Promise<void>
+    try {
+      listening = listen(server, { path: this.#init.path })
+    } finally {
+      process.umask(old)
+    }
+    await listening
     await chmod(this.#init.path, this.#init.mode)
     this.#server = server
     this.#log.info({ path: this.#init.path }, 'socket API listening')
@@ -93,10 +90,7 @@ export class SocketApi implements Startable {
     const s = this.#server
     if (!s) return
     this.#server = undefined
-    await new Promise<void>((resolve) => {
-      s.close(() => resolve())
-      s.closeAllConnections()
-    })
+    await closeServer(s)
     await rm(this.#init.path, { force: true })
   }
 
