@@ -131,3 +131,24 @@ function describe(error: z.ZodError): string {
   const path = issue.path.length ? issue.path.join('.') : '(root)'
   return `${path}: ${issue.message}`
 }
+
+/**
+ * The media type a manifest names for itself when nothing else says it (no Content-Type, no
+ * descriptor): its `mediaType` field, else its shape (`manifests` makes it an OCI index). OCI
+ * layouts written by umoci omit the field. Throws `InvalidManifestError` for anything but a JSON
+ * object.
+ */
+export function selfDescribedMediaType(bytes: Uint8Array): string {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(Buffer.from(bytes).toString('utf8'))
+  } catch (err) {
+    throw new InvalidManifestError(`manifest is not valid JSON: ${(err as Error).message}`)
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new InvalidManifestError('manifest is not a JSON object')
+  }
+  const o = parsed as { mediaType?: unknown; manifests?: unknown }
+  if (typeof o.mediaType === 'string' && o.mediaType !== '') return o.mediaType
+  return Array.isArray(o.manifests) ? OCI_INDEX : OCI_MANIFEST
+}

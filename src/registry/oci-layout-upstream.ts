@@ -17,7 +17,7 @@ import type {
   ManifestResponse,
   Upstream
 } from '../interface/upstream.ts'
-import { OCI_INDEX, OCI_MANIFEST } from '../oci/media-types.ts'
+import { selfDescribedMediaType } from '../oci/manifest.ts'
 
 /** The annotation OCI layouts (umoci, skopeo) use to name a manifest's tag. */
 const REF_NAME = 'org.opencontainers.image.ref.name'
@@ -74,7 +74,7 @@ export class OciLayoutUpstream implements Upstream {
         `${this.#where(what)}: index.json says ${descriptor.size} bytes, the blob has ${bytes.length}`
       )
     }
-    const mediaType = descriptor.mediaType ?? mediaTypeOf(bytes, () => this.#where(what))
+    const mediaType = descriptor.mediaType ?? selfDescribedMediaType(bytes)
     return { digest: digestOf(bytes), mediaType, size: bytes.length, bytes }
   }
 
@@ -222,20 +222,4 @@ export class OciLayoutUpstream implements Upstream {
     }
     throw new UpstreamNotFoundError(`${this.#where(what)}: no manifest with this tag in index.json`)
   }
-}
-
-/** The media type of a manifest with no descriptor saying it: its own field, else its shape. */
-function mediaTypeOf(bytes: Uint8Array, where: () => string): string {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(Buffer.from(bytes).toString('utf8'))
-  } catch (err) {
-    throw new UpstreamProtocolError(`${where()}: manifest is not JSON`, { cause: err })
-  }
-  const o = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as {
-    mediaType?: unknown
-    manifests?: unknown
-  }
-  if (typeof o.mediaType === 'string' && o.mediaType !== '') return o.mediaType
-  return Array.isArray(o.manifests) ? OCI_INDEX : OCI_MANIFEST
 }

@@ -27,7 +27,8 @@ import type {
   ManifestResponse,
   Upstream
 } from '../interface/upstream.ts'
-import { DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST } from '../oci/media-types.ts'
+import { selfDescribedMediaType } from '../oci/manifest.ts'
+import { DEFAULT_MANIFEST_ACCEPT } from '../oci/media-types.ts'
 import { type Response, readCapped } from './http-body.ts'
 import { RegistryAuth } from './registry-auth.ts'
 
@@ -175,7 +176,7 @@ export class RegistryUpstream implements Upstream {
           `${this.#where(what)}: Docker-Content-Digest says ${claimed} but the bytes hash to ${digest}`
         )
       }
-      const mediaType = header(res, 'content-type') || mediaTypeFromJson(bytes, () => this.#where(what))
+      const mediaType = header(res, 'content-type') || selfDescribedMediaType(bytes)
       return { digest, mediaType, size: bytes.length, bytes }
     })
   }
@@ -531,20 +532,4 @@ async function errorDetail(res: Response): Promise<string | undefined> {
     if (!res.body.destroyed) res.body.destroy()
     return undefined
   }
-}
-
-/** The media type of a manifest sent without Content-Type: its own field, else its shape. */
-function mediaTypeFromJson(bytes: Uint8Array, where: () => string): string {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(Buffer.from(bytes).toString('utf8'))
-  } catch (err) {
-    throw new UpstreamProtocolError(`${where()}: manifest without Content-Type is not JSON`, { cause: err })
-  }
-  if (typeof parsed !== 'object' || parsed === null) {
-    throw new UpstreamProtocolError(`${where()}: manifest is not a JSON object`)
-  }
-  const o = parsed as { mediaType?: unknown; manifests?: unknown }
-  if (typeof o.mediaType === 'string' && o.mediaType !== '') return o.mediaType
-  return Array.isArray(o.manifests) ? OCI_INDEX : OCI_MANIFEST
 }

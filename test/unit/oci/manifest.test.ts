@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { parseManifest } from '../../../src/oci/manifest.ts'
+import { parseManifest, selfDescribedMediaType } from '../../../src/oci/manifest.ts'
 import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from '../../../src/oci/media-types.ts'
 import { defaultPlatform, parsePlatform, selectManifest } from '../../../src/oci/platform.ts'
 
@@ -108,5 +108,20 @@ describe('selectManifest', () => {
   })
   it('rejects a malformed platform string', () => {
     assert.throws(() => parsePlatform('linux'), { code: 'INVALID_REFERENCE' })
+  })
+})
+
+describe('selfDescribedMediaType', () => {
+  it('takes the field when present, else the shape', () => {
+    assert.equal(selfDescribedMediaType(enc(manifest)), OCI_MANIFEST)
+    assert.equal(selfDescribedMediaType(enc({ ...manifest, mediaType: DOCKER_MANIFEST })), DOCKER_MANIFEST)
+    assert.equal(selfDescribedMediaType(enc({ ...manifest, mediaType: undefined })), OCI_MANIFEST)
+    assert.equal(selfDescribedMediaType(enc({ schemaVersion: 2, manifests: [] })), OCI_INDEX)
+  })
+  it('refuses what is not a JSON object', () => {
+    assert.throws(() => selfDescribedMediaType(new TextEncoder().encode('nope')), {
+      code: 'INVALID_MANIFEST'
+    })
+    assert.throws(() => selfDescribedMediaType(enc([])), { code: 'INVALID_MANIFEST' })
   })
 })
