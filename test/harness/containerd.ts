@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+import { spawnDaemon } from './daemon.ts'
 
 const execFileP = promisify(execFile)
 
@@ -92,16 +93,9 @@ export async function startContainerd(init: StartContainerdInit = {}): Promise<T
   const configPath = join(dir, 'config.toml')
   await writeFile(configPath, containerdConfig(dir, socket))
 
-  const output: string[] = []
-  const child = spawn(CONTAINERD_BIN, ['--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const collect = (chunk: Buffer): void => {
-    output.push(chunk.toString('utf8'))
-    if (output.length > 2000) output.splice(0, output.length - 1000)
-  }
-  child.stdout?.on('data', collect)
-  child.stderr?.on('data', collect)
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  const logs = (): string => output.join('')
+  const daemon = spawnDaemon(CONTAINERD_BIN, ['--config', configPath])
+  const { child } = daemon
+  const logs = daemon.logs
 
   const ctr = (args: string[], o: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<CtrResult> =>
     runCommand(CTR_BIN, ['--address', socket, '-n', CONTAINERD_NAMESPACE, ...args], o)
@@ -117,7 +111,7 @@ export async function startContainerd(init: StartContainerdInit = {}): Promise<T
   try {
     await waitReady(ctr, child, logs)
   } catch (err) {
-    await killChild(child, exited)
+    await daemon.kill()
     await cleanDir(dir)
     throw err
   }
@@ -154,7 +148,7 @@ export async function startContainerd(init: StartContainerdInit = {}): Promise<T
     ctr,
     logs,
     stop: async () => {
-      await killChild(child, exited)
+      await daemon.kill()
       await cleanDir(dir)
     }
   }
@@ -252,14 +246,6 @@ export function runCommand(
       })
     })
   })
-}
-
-async function killChild(child: ChildProcess, exited: Promise<number | null>): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-  await exited
-  clearTimeout(timer)
 }
 
 /** Unmounts everything mounted at or below `dir` (deepest first), then removes it. */

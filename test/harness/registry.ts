@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { createServer, Agent as HttpAgent, request as httpRequest } from 'node:http'
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { Transform, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { spawnDaemon } from './daemon.ts'
 
 /** The registry binary (Debian's `docker-registry`, distribution 2.8). */
 const REGISTRY_BIN = process.env.SHOAL_REGISTRY_BIN ?? '/usr/bin/docker-registry'
@@ -62,21 +63,14 @@ export async function startRegistry(init: StartRegistryInit = {}): Promise<TestR
   const configPath = join(workDir, 'config.yml')
   await writeFile(configPath, registryConfig(dataDir, port))
 
-  const output: string[] = []
-  const child = spawn(REGISTRY_BIN, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const collect = (chunk: Buffer): void => {
-    output.push(chunk.toString('utf8'))
-    if (output.length > 2000) output.splice(0, output.length - 1000)
-  }
-  child.stdout?.on('data', collect)
-  child.stderr?.on('data', collect)
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const daemon = spawnDaemon(REGISTRY_BIN, ['serve', configPath])
+  const { child, exited } = daemon
 
   const backend = `http://127.0.0.1:${port}`
   try {
-    await waitReady(backend, child, exited, () => output.join(''))
+    await waitReady(backend, child, exited, () => daemon.logs())
   } catch (err) {
-    await killChild(child, exited)
+    await daemon.kill()
     await rm(workDir, { recursive: true, force: true })
     throw err
   }
@@ -121,10 +115,10 @@ export async function startRegistry(init: StartRegistryInit = {}): Promise<TestR
         await file.close()
       }
     },
-    logs: () => output.join(''),
+    logs: () => daemon.logs(),
     stop: async () => {
       await proxy.stop()
-      await killChild(child, exited)
+      await daemon.kill()
       await rm(workDir, { recursive: true, force: true })
     }
   }
@@ -191,14 +185,6 @@ async function waitReady(
     await sleep(50)
   }
   throw new Error(`docker-registry did not answer GET /v2/ within ${READY_TIMEOUT_MS} ms:\n${output()}`)
-}
-
-async function killChild(child: ChildProcess, exited: Promise<number | null>): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-  await exited
-  clearTimeout(timer)
 }
 
 interface CountingProxy {
