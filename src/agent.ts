@@ -8,6 +8,7 @@ import type { ShoalConfig } from './config/schema.ts'
 import { BlobFetcher } from './fetch/blob-fetcher.ts'
 import { ImagePuller } from './fetch/image-puller.ts'
 import { ManifestResolver } from './fetch/manifests.ts'
+import { TokenBucket } from './fetch/token-bucket.ts'
 import type { Clock } from './interface/clock.ts'
 import type { Startable } from './interface/common.ts'
 import { parsePlatform } from './oci/platform.ts'
@@ -85,7 +86,10 @@ export class Agent implements Startable {
       {
         pieceSize: config.store.pieceSize,
         registryConcurrency: config.fetch.registryConcurrency,
-        registryStreams: config.fetch.registryStreams
+        registryStreams: config.fetch.registryStreams,
+        ...(config.fetch.downloadRate !== undefined && {
+          download: new TokenBucket(config.fetch.downloadRate)
+        })
       }
     )
     this.manifests = new ManifestResolver({ store: this.store, upstreams: this.upstreams, logger })

@@ -82,6 +82,12 @@ export const InternalError = define('INTERNAL', 'InternalError')
 export const ProtocolViolationError = define('PROTOCOL_VIOLATION', 'ProtocolViolationError')
 /** The swarm key (the libp2p private-network pre-shared key) is missing or malformed. */
 export const SwarmKeyInvalidError = define('SWARM_KEY_INVALID', 'SwarmKeyInvalidError')
+/**
+ * A layer tar cannot be extracted safely: an entry escapes the root (`..`, an absolute path, a
+ * symlink in its parent chain, a hard link to outside or to nothing), has an absurd size, or
+ * the archive or its compression is malformed.
+ */
+export const UnsafeLayerError = define('LAYER_UNSAFE', 'UnsafeLayerError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -111,7 +117,8 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   ABORTED: 499,
   INTERNAL: 500,
   PROTOCOL_VIOLATION: 502,
-  SWARM_KEY_INVALID: 500
+  SWARM_KEY_INVALID: 500,
+  LAYER_UNSAFE: 502
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */

@@ -4,11 +4,13 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from './api/metrics.ts'
 import { ConfigInvalidError } from './errors.ts'
+import { TokenBucket } from './fetch/token-bucket.ts'
 import type { AbortOptions, Startable } from './interface/common.ts'
-import type { PeerBlobSession, PeerSource } from './interface/peers.ts'
+import type { BlobPeers, PeerSource } from './interface/peers.ts'
 import type { BlobStore } from './interface/store.ts'
 import { DhtContentRouting } from './p2p/content-routing.ts'
 import { loadOrCreatePrivateKey } from './p2p/identity.ts'
+import { PeerBans } from './p2p/peer-bans.ts'
 import { PieceExchange } from './p2p/piece-exchange.ts'
 import { parseSwarmKey } from './p2p/swarm-key.ts'
 import { SwarmNode } from './p2p/swarm-node.ts'
@@ -21,8 +23,14 @@ export interface SwarmInit {
   allowPeers?: string[] | undefined
   findTimeout: number
   uploadSlots: number
+  /** Bytes per second this node uploads to peers at most. */
+  uploadRate?: number | undefined
   /** The identity key and the peer store live under the agent's store directory. */
   storeDir: string
+  /** Dial every address of a DNS name (a headless service) on `port`, every `interval` ms. */
+  dnsDiscovery?: { name: string; port: number; interval: number } | undefined
+  /** Find peers on the LAN by multicast DNS. */
+  mdns?: boolean | undefined
 }
 
 /**
@@ -39,13 +47,13 @@ export class Swarm implements Startable {
   #node: SwarmNode | undefined
   #exchange: PieceExchange | undefined
   #source: SwarmPeerSource | undefined
+  #peersGauge: NodeJS.Timeout | undefined
+  /** Peers banned for bad or forged pieces; kept across restarts of the node. */
+  readonly #bans = new PeerBans()
 
   readonly peers: PeerSource = {
-    open: (
-      digest: string,
-      options?: AbortOptions & { size?: number }
-    ): Promise<PeerBlobSession | undefined> =>
-      this.#source ? this.#source.open(digest, options) : Promise.resolve(undefined),
+    join: (digest: string, options?: { size?: number }): BlobPeers | undefined =>
+      this.#source?.join(digest, options),
     announce: (digest: string) => this.#source?.announce(digest),
     withdraw: (digest: string) => this.#source?.withdraw(digest)
   }
@@ -77,22 +85,44 @@ export class Swarm implements Startable {
         swarmKey: parseSwarmKey(keyText),
         privateKey: await loadOrCreatePrivateKey(join(this.#init.storeDir, 'identity.key')),
         datastorePath: join(this.#init.storeDir, 'p2p'),
-        ...(this.#init.allowPeers && { allowPeers: this.#init.allowPeers })
+        ...(this.#init.allowPeers && { allowPeers: this.#init.allowPeers }),
+        ...(this.#init.dnsDiscovery && {
+          dnsDiscovery: {
+            name: this.#init.dnsDiscovery.name,
+            port: this.#init.dnsDiscovery.port,
+            intervalMs: this.#init.dnsDiscovery.interval
+          }
+        }),
+        mdns: this.#init.mdns ?? false
       }
     )
     await node.start()
     const routing = new DhtContentRouting({ node, logger: this.#log })
+    const metrics = this.#metrics
     const exchange = new PieceExchange(
-      { node, store: this.#store, logger: this.#log, ...(this.#metrics && { metrics: this.#metrics }) },
-      { uploadSlots: this.#init.uploadSlots }
+      { node, store: this.#store, logger: this.#log, bans: this.#bans, ...(metrics && { metrics }) },
+      {
+        uploadSlots: this.#init.uploadSlots,
+        ...(this.#init.uploadRate !== undefined && { upload: new TokenBucket(this.#init.uploadRate) })
+      }
     )
     await exchange.start()
     this.#node = node
     this.#exchange = exchange
     this.#source = new SwarmPeerSource(
-      { routing, exchange, logger: this.#log },
+      {
+        routing,
+        exchange,
+        bans: this.#bans,
+        logger: this.#log,
+        peerId: node.peerId,
+        ...(metrics && { metrics })
+      },
       { findTimeoutMs: this.#init.findTimeout }
     )
+    metrics?.swarmPeers.reset()
+    this.#peersGauge = setInterval(() => metrics?.swarmPeers.set(node.peers().length), 1000)
+    this.#peersGauge.unref()
     // Re-announce what the store already holds (after a restart), in the background.
     const source = this.#source
     this.#store.list().then(
@@ -108,6 +138,7 @@ export class Swarm implements Startable {
     if (!node) return
     this.#source = undefined
     this.#node = undefined
+    clearInterval(this.#peersGauge)
     await this.#exchange?.stop()
     this.#exchange = undefined
     await node.stop()
@@ -122,6 +153,7 @@ export class Swarm implements Startable {
       addresses: node.addresses(),
       peers: node.peers().length,
       announced: this.#source?.announced ?? 0,
+      banned: this.#bans.active,
       served: this.#exchange?.stats
     }
   }

@@ -40,6 +40,29 @@ export class ShoalMetrics {
     registers: [this.registry]
   })
 
+  /** Peers cut off and banned for a while, by reason (bad piece, forged piece). */
+  readonly peerBans = new Counter({
+    name: 'shoal_peer_bans_total',
+    help: 'Peers banned, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry]
+  })
+
+  /** DHT operations (provide, find providers), by outcome. */
+  readonly dhtOperations = new Counter({
+    name: 'shoal_dht_operations_total',
+    help: 'DHT operations, by operation and outcome',
+    labelNames: ['op', 'outcome'] as const,
+    registers: [this.registry]
+  })
+
+  /** Peers this node is connected to. */
+  readonly swarmPeers = new Gauge({
+    name: 'shoal_swarm_peers',
+    help: 'Peers connected in the swarm',
+    registers: [this.registry]
+  })
+
   readonly blobsCompleted = new Counter({
     name: 'shoal_blobs_completed_total',
     help: 'Blobs fetched and verified against their digest',

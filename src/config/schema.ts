@@ -13,6 +13,7 @@ import {
   MIN_PIECE_SIZE,
   second
 } from '../constants.ts'
+import { DEFAULT_DNS_DISCOVERY_INTERVAL } from '../p2p/dns-discovery.ts'
 import { parseDuration, parseSize } from './units.ts'
 
 const size = () =>
@@ -103,7 +104,9 @@ export const configSchema = z.strictObject({
       /** Parallel Range requests per blob to the seed registry. */
       registryConcurrency: z.number().int().min(1).max(64).default(DEFAULT_REGISTRY_PIECE_CONCURRENCY),
       /** Cap on concurrent Range requests to seed registries across all blobs. */
-      registryStreams: z.number().int().min(1).max(256).default(DEFAULT_REGISTRY_STREAMS)
+      registryStreams: z.number().int().min(1).max(256).default(DEFAULT_REGISTRY_STREAMS),
+      /** Cap on the bytes per second this node downloads, from peers and registries (unset: no cap). */
+      downloadRate: size().optional()
     })
     .prefault({}),
   swarm: z
@@ -121,7 +124,24 @@ export const configSchema = z.strictObject({
       /** How long a provider lookup may take before a blob goes to the seed. */
       findTimeout: duration().default(2 * second),
       /** Concurrent piece-protocol sessions this node serves. */
-      uploadSlots: z.number().int().min(1).max(1024).default(64)
+      uploadSlots: z.number().int().min(1).max(1024).default(64),
+      /** Cap on the bytes per second this node uploads to peers (unset: no cap). */
+      uploadRate: size().optional(),
+      /** Dial every address a DNS name resolves to (a Kubernetes headless service). */
+      dnsDiscovery: z
+        .strictObject({
+          /** The name to resolve (A and AAAA records). */
+          name: z.string().min(1),
+          /** The swarm port of every node behind the name (DNS records carry no port). */
+          port: z.number().int().min(1).max(65535),
+          /** Time between look-ups. */
+          interval: duration()
+            .refine((n) => n >= second, { message: 'swarm.dnsDiscovery.interval must be at least 1s' })
+            .default(DEFAULT_DNS_DISCOVERY_INTERVAL)
+        })
+        .optional(),
+      /** Find peers on the LAN by multicast DNS (service tag from the protocol prefix). */
+      mdns: z.boolean().default(false)
     })
     .prefault({})
     .refine((s) => !s.enabled || s.keyFile !== undefined, {

@@ -4,13 +4,15 @@ import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
-import { AbortedError, DigestMismatchError, toShoalError } from '../errors.ts'
+import { AbortedError, DigestMismatchError, SizeMismatchError, toShoalError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
-import type { PeerBlobSession } from '../interface/peers.ts'
-import type { BlobInfo, BlobStore, Lease, PieceSource } from '../interface/store.ts'
+import type { BlobPeers, LiveBlob, LiveBlobEvent, PeerBlobSession } from '../interface/peers.ts'
+import type { BlobInfo, BlobStore, Lease, PieceInfo, PieceSource } from '../interface/store.ts'
 import type { Upstream } from '../interface/upstream.ts'
 import type { BufferPool } from './buffer-pool.ts'
+import { type PickState, pickForPeer, pickForRegistry } from './piece-picker.ts'
 import type { PriorityLimit } from './priority-limit.ts'
+import type { TokenBucket } from './token-bucket.ts'
 
 /** One signal is shared by every piece request of a transfer: lift the listener warning. */
 function abortController(): AbortController {
@@ -40,57 +42,105 @@ export interface BlobTransferComponents {
   registryStreams: PriorityLimit
   /** Piece buffers reused across transfers. */
   buffers?: BufferPool
-  /**
-   * Pieces from a peer instead of the seed: each comes verified against the peer's piece list,
-   * and the whole blob is still checked against its digest at the end.
-   */
-  peer?: PeerBlobSession
+  /** The blob's swarm; without it every piece comes from the seed. */
+  peers?: BlobPeers | undefined
+  /** Paces what this node downloads, from peers and from the registry. */
+  download?: TokenBucket | undefined
   metrics?: ShoalMetrics
 }
 
 export interface BlobTransferInit {
   info: BlobInfo
   repository: string
-  /** Pieces already held (resume). */
-  held: Iterable<number>
-  /** Parallel piece requests for this blob. */
+  /** Pieces already held (resume), with their hashes. */
+  held: Iterable<Pick<PieceInfo, 'index' | 'sha256' | 'source'>>
+  /** Parallel Range requests to the registry for this blob. */
   concurrency: number
+  /** Requests in flight per peer. Default 4. */
+  peerDepth?: number
+  /** How long one piece request to a peer may take. Default 10 s. */
+  peerRequestTimeoutMs?: number
+  /** How long a peer's `fetching` claim keeps this node off the piece. Default 15 s. */
+  claimTtlMs?: number
+  /** Without progress for this long, the registry may take any piece. Default 8 s. */
+  swarmPatienceMs?: number
   /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
   priority?: number
 }
 
+/** A piece request in flight. */
+interface Flight {
+  /** A peer id, or `registry`. */
+  source: string
+  abort: AbortController
+}
+
+const REGISTRY = 'registry'
+// Timeouts and dead sessions a peer may cause in one transfer before it is no longer asked.
+const MAX_STRIKES = 2
+// While waiting on peers (claims, busy sessions) the schedule is re-examined this often.
+const TICK_MS = 200
+
 /**
- * Brings one blob into the store: pieces from the seed by HTTP Range, several in flight, each
- * hashed and written durably before it counts; the whole blob hashed incrementally in order
- * and checked against its digest before the store marks it complete. Requested ranges jump the
- * queue (on-demand reads). One instance per blob at a time (the fetcher's single-flight).
+ * Brings one blob into the store, piece by piece, from many sources at once: peers of the blob's
+ * swarm (each piece checked against the hash its peer vouched for) and the seed registry by HTTP
+ * Range (each piece hashed here: the registry is the root of trust). `piece-picker.ts` decides
+ * what to ask whom. Every piece is written durably before it counts; the whole blob is hashed
+ * in order as pieces land and checked against its digest before the store marks it complete.
+ *
+ * While it runs the transfer is a `LiveBlob`: peers may fetch the pieces it holds, and hear of
+ * each new one (with its hash) and of each piece it starts taking from the registry.
+ *
+ * When the whole-blob check fails and peers supplied pieces, the pieces they vouched for are
+ * fetched again from the registry and compared: every peer whose piece differs is banned, the
+ * blob is dropped, and `retryable` tells the fetcher to go again (without them).
  */
-export class BlobTransfer {
+export class BlobTransfer implements LiveBlob {
   readonly digest: string
   readonly size: number
   readonly pieceSize: number
   readonly count: number
+  readonly startedAt: number
+  /** True when the transfer failed because peers forged pieces (they are banned now). */
+  retryable = false
   readonly #c: BlobTransferComponents
   readonly #repository: string
   readonly #concurrency: number
+  readonly #peerDepth: number
+  readonly #peerRequestTimeoutMs: number
+  readonly #claimTtlMs: number
+  readonly #patienceMs: number
   readonly #rank: number
-  readonly #held = new Set<number>()
-  readonly #inflight = new Set<number>()
+  readonly #registryStart: number
+  /** Held pieces: index to hash. */
+  readonly #held = new Map<number, string>()
+  /** Where each held piece came from: the peer that vouched for it, or undefined. */
+  readonly #voucher = new Map<number, string>()
+  readonly #trusted = new Set<number>()
+  readonly #missing = new Set<number>()
+  readonly #flights = new Map<number, Flight[]>()
+  readonly #landing = new Set<number>()
+  readonly #peerLoad = new Map<string, number>()
+  readonly #strikes = new Map<string, number>()
+  readonly #banned = new Set<string>()
+  #registryLoad = 0
   readonly #priority: number[] = []
-  #cursor = 0
   readonly #waiters = new Set<{ pieces: number[]; resolve: () => void; reject: (e: Error) => void }>()
   readonly #listeners = new Set<(p: BlobProgress) => void>()
+  readonly #liveListeners = new Set<(e: LiveBlobEvent) => void>()
   readonly #abort = abortController()
-  readonly #source: PieceSource
-  #fetched = 0
+  readonly #fetched: Partial<Record<PieceSource, number>> = {}
   readonly #resumed: number
+  readonly #registrySource: PieceSource
+  #lastProgress: number
   // Whole-blob digest, computed in piece order as pieces land, so completion costs no re-read.
   readonly #hash: Hash = createHash('sha256')
   #hashedUpTo = 0
   #hashChain: Promise<void> = Promise.resolve()
   #failure: Error | undefined
   #done: Promise<BlobInfo> | undefined
-  readonly startedAt: number
+  #settle: { resolve: () => void; reject: (e: Error) => void } | undefined
+  #tick: NodeJS.Timeout | undefined
 
   constructor(components: BlobTransferComponents, init: BlobTransferInit) {
     this.#c = components
@@ -100,20 +150,30 @@ export class BlobTransfer {
     this.count = pieceCount(this.size, this.pieceSize)
     this.#repository = init.repository
     this.#concurrency = init.concurrency
+    this.#peerDepth = init.peerDepth ?? 4
+    this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 10_000
+    this.#claimTtlMs = init.claimTtlMs ?? 15_000
+    this.#patienceMs = init.swarmPatienceMs ?? 8_000
     this.#rank = init.priority ?? 0
-    this.#source = components.peer
-      ? 'peer'
-      : components.upstream.kind === 'registry'
-        ? 'registry'
-        : 'oci-layout'
-    for (const i of init.held) this.#held.add(i)
-    this.#resumed = [...this.#held].reduce((n, i) => n + this.#len(i), 0)
+    this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
+    for (let i = 0; i < this.count; i++) this.#missing.add(i)
+    let resumed = 0
+    for (const p of init.held) {
+      this.#held.set(p.index, p.sha256)
+      this.#missing.delete(p.index)
+      if (p.source !== 'peer') this.#trusted.add(p.index)
+      resumed += this.#len(p.index)
+    }
+    this.#resumed = resumed
+    // Alone, the registry walks the blob in order; in a swarm each node starts somewhere else.
+    this.#registryStart = components.peers ? Math.floor(Math.random() * Math.max(this.count, 1)) : 0
     this.startedAt = components.clock.now()
+    this.#lastProgress = this.startedAt
   }
 
-  /** Where the pieces come from: `registry`, `oci-layout` or `peer`. */
-  get source(): PieceSource {
-    return this.#source
+  /** True when peers may have supplied pieces of this transfer. */
+  get usedPeers(): boolean {
+    return this.#voucher.size > 0
   }
 
   /** Starts the transfer once; every caller gets the same promise. */
@@ -124,7 +184,7 @@ export class BlobTransfer {
 
   /** Aborts the transfer (agent stopping). Held pieces stay for a later resume. */
   abort(reason = 'transfer aborted'): void {
-    this.#abort.abort(new AbortedError(reason))
+    this.#fail(new AbortedError(reason))
   }
 
   /** Pieces held so far. */
@@ -137,18 +197,41 @@ export class BlobTransfer {
     return this.#held.has(i)
   }
 
+  // LiveBlob: what peers see of this transfer.
+
+  hashOf(index: number): string | undefined {
+    return this.#held.get(index)
+  }
+
+  held(): Iterable<[number, string]> {
+    return this.#held.entries()
+  }
+
+  *fetching(): Iterable<number> {
+    for (const [i, flights] of this.#flights) if (flights.some((f) => f.source === REGISTRY)) yield i
+  }
+
+  onEvent(fn: (e: LiveBlobEvent) => void): () => void {
+    this.#liveListeners.add(fn)
+    return () => this.#liveListeners.delete(fn)
+  }
+
   /** Progress listener; returns the function that removes it. */
   onProgress(fn: (p: BlobProgress) => void): () => void {
     this.#listeners.add(fn)
     return () => this.#listeners.delete(fn)
   }
 
-  /** Resolves once all `pieces` are held; moves them to the front of the queue. */
+  /**
+   * Resolves once all `pieces` are held from a source this node trusts before the blob check
+   * (the registry), or once the whole blob is verified; moves them to the front of the queue.
+   */
   async waitFor(pieces: number[], signal?: AbortSignal): Promise<void> {
-    const missing = pieces.filter((i) => !this.#held.has(i))
+    const missing = pieces.filter((i) => !this.#trusted.has(i))
     if (missing.length === 0) return
     if (this.#failure) throw this.#failure
     this.#priority.unshift(...missing)
+    this.#pump()
     await new Promise<void>((resolve, reject) => {
       const w = { pieces: missing, resolve, reject }
       const onAbort = () => {
@@ -168,8 +251,8 @@ export class BlobTransfer {
     return {
       digest: this.digest,
       size: this.size,
-      bytesHeld: this.#resumed + this.#fetched,
-      fetched: this.#fetched > 0 ? { [this.#source]: this.#fetched } : {},
+      bytesHeld: [...this.#held.keys()].reduce((n, i) => n + this.#len(i), 0),
+      fetched: { ...this.#fetched },
       resumed: this.#resumed
     }
   }
@@ -177,24 +260,46 @@ export class BlobTransfer {
   async #run(): Promise<BlobInfo> {
     const lease: Lease = this.#c.store.acquire(this.digest)
     this.#c.metrics?.activeTransfers.inc()
+    const peers = this.#c.peers
+    const offChange = peers?.onChange(() => this.#pump())
+    let complete = false
     try {
+      peers?.publish(this)
       this.#scheduleHashing()
-      const workers = Array.from({ length: Math.min(this.#concurrency, Math.max(this.count, 1)) }, () =>
-        this.#work()
-      )
-      await Promise.all(workers)
-      if (this.#failure) throw this.#failure
-      return await this.#finish()
+      await new Promise<void>((resolve, reject) => {
+        this.#settle = { resolve, reject }
+        if (peers) {
+          this.#tick = setInterval(() => this.#pump(), TICK_MS)
+          this.#tick.unref()
+        }
+        this.#pump()
+      })
+      const info = await this.#finish()
+      complete = true
+      return info
     } catch (err) {
       const e = toShoalError(err)
-      this.#failure ??= e
-      for (const w of this.#waiters) w.reject(e)
-      this.#waiters.clear()
-      throw e
+      this.#fail(e)
+      throw this.#failure ?? e
     } finally {
+      clearInterval(this.#tick)
+      offChange?.()
+      this.#emitLive({ type: 'ended', complete })
+      this.#liveListeners.clear()
+      for (const w of this.#waiters) {
+        if (complete) w.resolve()
+        else w.reject(this.#failure ?? new AbortedError('transfer ended'))
+      }
+      this.#waiters.clear()
       this.#c.metrics?.activeTransfers.dec()
       lease.release()
     }
+  }
+
+  #fail(err: Error): void {
+    this.#failure ??= err
+    this.#abort.abort(this.#failure)
+    this.#settle?.reject(this.#failure)
   }
 
   #len(i: number): number {
@@ -202,84 +307,206 @@ export class BlobTransfer {
     return r.end - r.start
   }
 
-  #next(): number | undefined {
-    while (this.#priority.length > 0) {
-      const i = this.#priority.shift() as number
-      if (!this.#held.has(i) && !this.#inflight.has(i)) return i
+  /** Fills every free slot (each peer's, the registry's) with a piece to fetch. */
+  #pump(): void {
+    if (this.#failure || this.#settle === undefined) return
+    if (this.#missing.size === 0) {
+      if (this.#flights.size === 0 && this.#landing.size === 0) this.#settle.resolve()
+      return
     }
-    while (this.#cursor < this.count) {
-      const i = this.#cursor++
-      if (!this.#held.has(i) && !this.#inflight.has(i)) return i
+    const now = this.#c.clock.now()
+    const sessions = (this.#c.peers?.sessions() ?? []).filter(
+      (s) =>
+        s.size === this.size &&
+        s.pieceSize === this.pieceSize &&
+        (this.#strikes.get(s.peerId) ?? 0) < MAX_STRIKES
+    )
+    const state: PickState = {
+      missing: this.#missing,
+      inFlight: this.#inFlightSources(),
+      priority: this.#priority,
+      heldCount: this.#held.size,
+      count: this.count,
+      peers: sessions,
+      now: Date.now(),
+      claimTtlMs: this.#claimTtlMs,
+      impatient: now - this.#lastProgress > this.#patienceMs,
+      registryStart: this.#registryStart,
+      random: Math.random
     }
-    return undefined
-  }
-
-  async #work(): Promise<void> {
-    for (let i = this.#next(); i !== undefined && !this.#failure; i = this.#next()) {
-      this.#inflight.add(i)
-      try {
-        await this.#fetchPiece(i)
-      } catch (err) {
-        this.#failure ??= toShoalError(err)
-        this.#abort.abort(this.#failure)
-        return
-      } finally {
-        this.#inflight.delete(i)
+    this.#yieldToLowerClaims(sessions)
+    for (const s of shuffle(sessions)) {
+      while ((this.#peerLoad.get(s.peerId) ?? 0) < this.#peerDepth) {
+        const i = pickForPeer(s, state)
+        if (i === undefined) break
+        this.#launch(i, s)
+        state.inFlight = this.#inFlightSources()
       }
     }
+    while (this.#registryLoad < this.#concurrency) {
+      // Pieces a range read waits for are trusted only from the registry: take them there.
+      const i = pickForRegistry(state)
+      if (i === undefined) break
+      this.#launch(i, undefined)
+      state.inFlight = this.#inFlightSources()
+    }
   }
 
-  async #fetchPiece(i: number): Promise<void> {
+  #inFlightSources(): Map<number, string[]> {
+    const m = new Map<number, string[]>()
+    for (const [i, flights] of this.#flights)
+      m.set(
+        i,
+        flights.map((f) => f.source)
+      )
+    return m
+  }
+
+  /**
+   * Two nodes that started taking the same piece from the registry before hearing of each other:
+   * the one with the higher peer id gives way (both see the same pair, so exactly one does).
+   */
+  #yieldToLowerClaims(sessions: PeerBlobSession[]): void {
+    const self = this.#c.peers?.localPeerId
+    if (self === undefined) return
+    for (const [i, flights] of this.#flights) {
+      if (this.#priority.includes(i)) continue
+      const mine = flights.find((f) => f.source === REGISTRY)
+      if (mine === undefined) continue
+      const lower = sessions.some((s) => s.peerId < self && s.fetchingSince(i) !== undefined && !s.has(i))
+      if (lower) mine.abort.abort(new AbortedError(`piece ${i} is being fetched by a peer`))
+    }
+  }
+
+  #launch(i: number, peer: PeerBlobSession | undefined): void {
+    const source = peer?.peerId ?? REGISTRY
+    const flight: Flight = { source, abort: abortController() }
+    const signal = AbortSignal.any([this.#abort.signal, flight.abort.signal])
+    const list = this.#flights.get(i)
+    if (list === undefined) this.#flights.set(i, [flight])
+    else list.push(flight)
+    if (peer) this.#peerLoad.set(source, (this.#peerLoad.get(source) ?? 0) + 1)
+    else {
+      this.#registryLoad++
+      this.#emitLive({ type: 'fetching', index: i })
+    }
     const started = this.#c.clock.now()
+    const work = peer ? this.#fromPeer(i, peer, signal) : this.#fromRegistry(i, signal)
+    work
+      .then(
+        () => this.#observe(peer ? 'peer' : this.#registrySource, started),
+        (err: unknown) => this.#onFlightError(i, peer, flight, err)
+      )
+      .finally(() => {
+        const left = (this.#flights.get(i) ?? []).filter((f) => f !== flight)
+        if (left.length === 0) this.#flights.delete(i)
+        else this.#flights.set(i, left)
+        if (peer) this.#peerLoad.set(source, (this.#peerLoad.get(source) ?? 1) - 1)
+        else this.#registryLoad--
+        this.#pump()
+      })
+  }
+
+  #observe(source: PieceSource, started: number): void {
+    this.#c.metrics?.pieceSeconds.observe({ source }, (this.#c.clock.now() - started) / 1000)
+  }
+
+  #onFlightError(i: number, peer: PeerBlobSession | undefined, flight: Flight, err: unknown): void {
+    if (this.#failure) return
+    // Given way to a peer, or lost an endgame race: not a failure.
+    if (flight.abort.signal.aborted) return
+    if (peer === undefined) {
+      this.#fail(toShoalError(err))
+      return
+    }
+    const e = toShoalError(err)
+    if (e instanceof DigestMismatchError || e instanceof SizeMismatchError) {
+      if (!this.#banned.has(peer.peerId)) this.#c.peers?.ban(peer.peerId, 'bad-piece')
+      this.#banned.add(peer.peerId)
+      return
+    }
+    this.#strikes.set(peer.peerId, (this.#strikes.get(peer.peerId) ?? 0) + 1)
+    this.#c.logger.debug(
+      { digest: this.digest, index: i, peer: peer.peerId, err: e.message },
+      'peer piece failed'
+    )
+  }
+
+  async #fromPeer(i: number, peer: PeerBlobSession, signal: AbortSignal): Promise<void> {
+    await this.#c.download?.take(this.#len(i), signal)
+    const data = await peer.fetchPiece(i, { signal, timeoutMs: this.#peerRequestTimeoutMs })
+    // Checked against the peer's hash by the session; the peer vouches for it.
+    await this.#land(i, data, peer.hashOf(i) as string, 'peer', peer.peerId)
+  }
+
+  async #fromRegistry(i: number, signal: AbortSignal): Promise<void> {
     const range = pieceRange(i, this.size, this.pieceSize)
     const whole = range.start === 0 && range.end === this.size
-    const signal = this.#abort.signal
     const into = this.#c.buffers?.acquire(range.end - range.start)
     try {
-      let data: Uint8Array
-      let sha256: string
-      const peer = this.#c.peer
-      if (peer) {
-        // Verified against the peer's piece list before it gets here.
-        data = await peer.fetchPiece(i, { signal })
-        sha256 = peer.pieceList.hashes[i] as string
-      } else {
-        const get = () =>
-          this.#c.upstream.fetchBlob(
-            this.#repository,
-            this.digest,
-            whole ? { signal, into } : { range, signal, into }
-          )
-        // A blob of one piece (a config, a small layer) skips the queue for registry streams:
-        // the runtime usually waits on it before anything else, and it costs one short request.
-        data = this.count <= 1 ? await get() : await this.#c.registryStreams.run(this.#rank, get)
-        // The seed is the root of trust: a piece from it is hashed here, and the hash is what
-        // the piece list records. The whole-blob digest check at the end vouches for it.
-        sha256 = sha256Hex(data)
+      const get = async () => {
+        await this.#c.download?.take(range.end - range.start, signal)
+        return this.#c.upstream.fetchBlob(
+          this.#repository,
+          this.digest,
+          whole ? { signal, into } : { range, signal, into }
+        )
       }
-      await this.#c.store.putPiece(this.digest, i, data, { sha256, source: this.#source }, { signal })
-      this.#held.add(i)
-      // The piece the whole-blob hash needs next is hashed now, while it is in memory; any other
-      // is read back from the store (the page cache) when its turn comes.
-      if (i === this.#hashedUpTo) {
-        this.#hash.update(data)
-        this.#hashedUpTo++
-      }
-      this.#fetched += data.length
-      this.#c.metrics?.bytesFetched.inc({ source: this.#source }, data.length)
-      this.#c.metrics?.pieceSeconds.observe({ source: this.#source }, (this.#c.clock.now() - started) / 1000)
+      // A blob of one piece (a config, a small layer) skips the queue for registry streams:
+      // the runtime usually waits on it before anything else, and it costs one short request.
+      const data = this.count <= 1 ? await get() : await this.#c.registryStreams.run(this.#rank, get)
+      // The seed is the root of trust: a piece from it is hashed here, and that hash is what
+      // this node announces. The whole-blob digest check at the end vouches for it.
+      await this.#land(i, data, sha256Hex(data), this.#registrySource, undefined)
     } finally {
       if (into) this.#c.buffers?.release(into)
     }
+  }
+
+  /** Writes a verified piece, once, and tells everyone who waits for it. */
+  async #land(
+    i: number,
+    data: Uint8Array,
+    sha256: string,
+    source: PieceSource,
+    voucher?: string
+  ): Promise<void> {
+    if (this.#held.has(i) || this.#landing.has(i)) return
+    this.#landing.add(i)
+    try {
+      await this.#c.store.putPiece(this.digest, i, data, { sha256, source }, { signal: this.#abort.signal })
+    } finally {
+      this.#landing.delete(i)
+    }
+    this.#held.set(i, sha256)
+    this.#missing.delete(i)
+    if (voucher === undefined) this.#trusted.add(i)
+    else this.#voucher.set(i, voucher)
+    this.#lastProgress = this.#c.clock.now()
+    // The other sources of this piece (endgame) are no longer needed.
+    for (const f of this.#flights.get(i) ?? []) f.abort.abort(new AbortedError(`piece ${i} arrived`))
+    // The piece the whole-blob hash needs next is hashed now, while it is in memory; any other
+    // is read back from the store (the page cache) when its turn comes.
+    if (i === this.#hashedUpTo) {
+      this.#hash.update(data)
+      this.#hashedUpTo++
+    }
+    this.#fetched[source] = (this.#fetched[source] ?? 0) + data.length
+    this.#c.metrics?.bytesFetched.inc({ source }, data.length)
     this.#scheduleHashing()
+    this.#emitLive({ type: 'have', index: i, sha256 })
     for (const w of this.#waiters) {
-      if (w.pieces.every((p) => this.#held.has(p))) {
+      if (w.pieces.every((p) => this.#trusted.has(p))) {
         this.#waiters.delete(w)
         w.resolve()
       }
     }
     const p = this.progress()
     for (const fn of this.#listeners) fn(p)
+  }
+
+  #emitLive(e: LiveBlobEvent): void {
+    for (const fn of this.#liveListeners) fn(e)
   }
 
   #scheduleHashing(): void {
@@ -309,11 +536,17 @@ export class BlobTransfer {
     await this.#hashHeldPrefix()
     const actual = `sha256:${this.#hash.digest('hex')}`
     if (actual !== this.digest) {
-      this.#c.metrics?.verifyFailures.inc({ kind: 'blob', source: this.#source })
-      this.#c.logger.warn({ digest: this.digest, actual }, 'blob failed its digest check; dropped')
+      this.#c.metrics?.verifyFailures.inc({
+        kind: 'blob',
+        source: this.usedPeers ? 'peer' : this.#registrySource
+      })
+      this.#c.logger.warn({ digest: this.digest, actual }, 'blob failed its digest check')
+      const culprits = this.usedPeers ? await this.#traceForgedPieces() : []
       await this.#c.store.delete(this.digest)
+      this.retryable = culprits.length > 0
+      const from = culprits.length > 0 ? `peers ${culprits.join(', ')} (now banned)` : this.#c.upstream.name
       throw new DigestMismatchError(
-        `blob ${this.digest} from ${this.#c.peer ? `peer ${this.#c.peer.peerId}` : this.#c.upstream.name} failed verification (bytes hash to ${actual}); nothing was kept`
+        `blob ${this.digest} from ${from} failed verification (bytes hash to ${actual}); nothing was kept`
       )
     }
     const info = await this.#c.store.complete(this.digest)
@@ -329,4 +562,34 @@ export class BlobTransfer {
     )
     return info
   }
+
+  /**
+   * Fetches again from the registry every piece a peer vouched for and compares: each peer whose
+   * piece differs is banned. Costs at most one blob of registry traffic, and only when a blob
+   * failed its check.
+   */
+  async #traceForgedPieces(): Promise<string[]> {
+    const culprits = new Set<string>()
+    for (const [i, peerId] of this.#voucher) {
+      const range = pieceRange(i, this.size, this.pieceSize)
+      const get = () => this.#c.upstream.fetchBlob(this.#repository, this.digest, { range })
+      const data = await this.#c.registryStreams.run(this.#rank, get)
+      if (sha256Hex(data) !== this.#held.get(i)) culprits.add(peerId)
+    }
+    for (const peerId of culprits) {
+      this.#c.logger.warn({ digest: this.digest, peer: peerId }, 'peer vouched for a forged piece: banned')
+      this.#c.peers?.ban(peerId, 'forged-piece')
+    }
+    return [...culprits]
+  }
+}
+
+/** A shuffled copy (Fisher-Yates): no peer is always asked first. */
+function shuffle<T>(items: T[]): T[] {
+  const out = [...items]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1))
+    ;[out[i], out[j]] = [out[j] as T, out[i] as T]
+  }
+  return out
 }

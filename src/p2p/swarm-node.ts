@@ -11,8 +11,9 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { bootstrap } from '@libp2p/bootstrap'
 import { type Identify, identify } from '@libp2p/identify'
-import type { ConnectionGater, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
+import type { ConnectionGater, Libp2p, PeerDiscovery, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { mdns } from '@libp2p/mdns'
 import { type Ping, ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
@@ -21,6 +22,7 @@ import { createLibp2p } from 'libp2p'
 import type { Logger } from 'pino'
 import { InternalError } from '../errors.ts'
 import type { AbortOptions, Startable } from '../interface/common.ts'
+import { DnsDiscovery, type DnsDiscoveryInit, type DnsResolver } from './dns-discovery.ts'
 import { LevelDatastore } from './level-datastore.ts'
 import { parseSwarmKey } from './swarm-key.ts'
 
@@ -37,6 +39,8 @@ export type SwarmLibp2p = Libp2p<SwarmServices>
 /** Collaborators of a `SwarmNode`. */
 export interface SwarmNodeComponents {
   logger: Logger
+  /** Resolver for `dnsDiscovery`; default: the system's name servers (A and AAAA). */
+  dnsResolver?: DnsResolver
 }
 
 /** Configuration of a `SwarmNode`. */
@@ -64,6 +68,16 @@ export interface SwarmNodeInit {
   inboundConnectionThreshold?: number
   /** Delay before dialling the bootstrap peers, in ms. Default 100. */
   bootstrapDelayMs?: number
+  /**
+   * Dial every address `name` resolves to (a Kubernetes headless service), on `port`, on start
+   * and every `intervalMs` (default 30 s). See `DnsDiscovery`.
+   */
+  dnsDiscovery?: DnsDiscoveryInit
+  /**
+   * Find and dial peers on the LAN by multicast DNS, under a service tag derived from
+   * `protocolPrefix` (see `mdnsServiceTag`). Default false.
+   */
+  mdns?: boolean
 }
 
 /** Default protocol prefix. */
@@ -77,6 +91,22 @@ const DEFAULT_INBOUND_CONNECTION_THRESHOLD = 100
 const DHT_MAX_STREAMS = 512
 // A paused stream with libp2p's 4 MiB read buffer overflows yamux's 16 MiB window (the recipe).
 const YAMUX_MAX_READ_BUFFER = 32 * 2 ** 20
+// Bounds the dial of a peer found by mDNS: an address from another swarm can hang a Noise
+// handshake until libp2p's own timeout.
+const DISCOVERED_DIAL_TIMEOUT = 5000
+
+/**
+ * The mDNS service tag of a swarm: `/shoal` → `_shoal._udp.local`. Swarms with different
+ * protocol prefixes do not answer each other's queries (the swarm key still guards admission).
+ */
+export function mdnsServiceTag(protocolPrefix: string): string {
+  const label = protocolPrefix
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 60)
+  return `_${label || 'shoal'}._udp.local`
+}
 
 /** A libp2p host in the swarm's private network, running a private kad-dht. */
 export class SwarmNode implements Startable {
@@ -87,10 +117,13 @@ export class SwarmNode implements Startable {
   readonly #swarmKey: Uint8Array
   #libp2p: SwarmLibp2p | undefined
   #datastore: LevelDatastore | undefined
+  #dnsDiscovery: DnsDiscovery | undefined
+  readonly #dnsResolver: DnsResolver | undefined
   #starting: Promise<void> | undefined
 
   constructor(components: SwarmNodeComponents, init: SwarmNodeInit) {
     this.#log = components.logger.child({ component: 'swarm' })
+    this.#dnsResolver = components.dnsResolver
     this.#init = init
     // Fail at construction, with our own error, rather than inside createLibp2p.
     this.#swarmKey = parseSwarmKey(init.swarmKey)
@@ -125,8 +158,26 @@ export class SwarmNode implements Startable {
       datastore = new LevelDatastore(init.datastorePath)
       await datastore.open()
     }
+    // libp2p 3 only adds discovered peers to the peer store (no autodial): the mDNS service is
+    // kept so its finds can be dialled below.
+    let lan: PeerDiscovery | undefined
+    const peerDiscovery = [
+      ...(init.bootstrap.length > 0
+        ? [bootstrap({ list: init.bootstrap, timeout: init.bootstrapDelayMs ?? 100 })]
+        : []),
+      ...(init.mdns === true
+        ? [
+            (components: Parameters<ReturnType<typeof mdns>>[0]) => {
+              lan = mdns({ serviceTag: mdnsServiceTag(prefix) })(components)
+              return lan
+            }
+          ]
+        : [])
+    ]
     try {
       const node = await createLibp2p({
+        // Started below, once the discovery listeners are in place.
+        start: false,
         privateKey: init.privateKey,
         ...(datastore === undefined ? {} : { datastore }),
         addresses: { listen: init.listen },
@@ -139,10 +190,7 @@ export class SwarmNode implements Startable {
           allow: init.allowNetworks ?? DEFAULT_ALLOW_NETWORKS,
           inboundConnectionThreshold: init.inboundConnectionThreshold ?? DEFAULT_INBOUND_CONNECTION_THRESHOLD
         },
-        peerDiscovery:
-          init.bootstrap.length > 0
-            ? [bootstrap({ list: init.bootstrap, timeout: init.bootstrapDelayMs ?? 100 })]
-            : [],
+        peerDiscovery,
         services: {
           identify: identify(),
           ping: ping(),
@@ -160,9 +208,10 @@ export class SwarmNode implements Startable {
         }
       })
       if (node.peerId.toString() !== this.peerId) {
-        await node.stop()
         throw new InternalError(`libp2p chose peer id ${node.peerId} for a key whose id is ${this.peerId}`)
       }
+      lan?.addEventListener('peer', (evt) => this.#dialDiscovered(node, evt.detail))
+      await node.start()
       this.#libp2p = node
       this.#datastore = datastore
     } catch (err) {
@@ -170,11 +219,36 @@ export class SwarmNode implements Startable {
       throw err
     }
     this.#log.info({ peerId: this.peerId, addresses: this.addresses() }, 'swarm node started')
+    if (init.dnsDiscovery !== undefined) {
+      this.#dnsDiscovery = new DnsDiscovery(
+        { node: this, logger: this.#log, ...(this.#dnsResolver && { resolver: this.#dnsResolver }) },
+        init.dnsDiscovery
+      )
+      await this.#dnsDiscovery.start()
+    }
+  }
+
+  // Dials a peer found on the LAN unless it is connected or not on the allow-list (the gater
+  // would refuse it anyway; this spares the attempt). Failures are expected (a node of another
+  // swarm with the same tag, a stale address) and logged at debug.
+  #dialDiscovered(node: SwarmLibp2p, peer: PeerInfo): void {
+    const id = peer.id.toString()
+    const allow = this.#init.allowPeers
+    if (allow !== undefined && !allow.includes(id)) return
+    if (node.getConnections(peer.id).length > 0 || node.status !== 'started') return
+    const addrs = peer.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${id}`))
+    if (addrs.length === 0) return
+    node.dial(addrs, { signal: AbortSignal.timeout(DISCOVERED_DIAL_TIMEOUT) }).then(
+      () => this.#log.debug({ peer: id }, 'dialled a peer found by mDNS'),
+      (err: unknown) => this.#log.debug({ err, peer: id }, 'could not dial a peer found by mDNS')
+    )
   }
 
   /** Closes every connection and listener, then the datastore. Idempotent. */
   async stop(): Promise<void> {
     await this.#starting?.catch(() => {})
+    await this.#dnsDiscovery?.stop()
+    this.#dnsDiscovery = undefined
     const node = this.#libp2p
     const datastore = this.#datastore
     this.#libp2p = undefined
@@ -199,6 +273,19 @@ export class SwarmNode implements Startable {
   async dial(address: string, options: AbortOptions = {}): Promise<string> {
     const connection = await this.libp2p.dial(multiaddr(address), options)
     return connection.remotePeer.toString()
+  }
+
+  /**
+   * The id of a connected peer that listens on `address` (a multiaddr without `/p2p/`), as its
+   * identify reported, if any.
+   */
+  async connectedPeerAt(address: string): Promise<string | undefined> {
+    const node = this.libp2p
+    for (const id of node.getPeers()) {
+      const peer = await node.peerStore.get(id).catch(() => undefined)
+      if (peer?.addresses.some((a) => a.multiaddr.toString() === address)) return id.toString()
+    }
+    return undefined
   }
 
   /** Peer ids this node holds an open connection to. */

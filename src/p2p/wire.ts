@@ -35,6 +35,11 @@ export type WireMessage =
   | { type: 'unchoke' }
   /** The sender will not serve piece `index`; `code` is a Shoal error code such as `BLOB_UNKNOWN`. */
   | { type: 'reject'; index: number; code: string }
+  /**
+   * The sender is still fetching the blob: its geometry, in place of a piece list. `have` (each
+   * with its piece's hash) and `fetching` frames follow, for what it holds and as it progresses.
+   */
+  | { type: 'partial'; size: number; pieceSize: number }
 
 /** The `type` of each message. */
 export type WireMessageType = WireMessage['type']
@@ -68,7 +73,8 @@ const TYPE_CODES = {
   busy: 9,
   choke: 10,
   unchoke: 11,
-  reject: 12
+  reject: 12,
+  partial: 13
 } as const satisfies Record<WireMessageType, number>
 
 const T = TYPE_CODES
@@ -121,6 +127,12 @@ export function encodeFrameParts(msg: WireMessage): Uint8Array[] {
       const code = Buffer.from(msg.code, 'latin1')
       return [frame([T.reject, ...varint(index(msg.index)), ...varint(code.length), ...code])]
     }
+    case 'partial':
+      if (!Number.isSafeInteger(msg.size) || msg.size < 0) cannot(`a partial blob of ${msg.size} bytes`)
+      if (!Number.isSafeInteger(msg.pieceSize) || msg.pieceSize < 1 || msg.pieceSize > MAX_PIECE_SIZE) {
+        cannot(`pieces of ${msg.pieceSize} bytes`)
+      }
+      return [frame([T.partial, ...varint(msg.size), ...varint(msg.pieceSize)])]
     default:
       return cannot(`message type "${(msg as { type: unknown }).type}"`)
   }
@@ -320,6 +332,14 @@ function decodeBody(body: Uint8Array): WireMessage {
       msg = { type: 'reject', index: i, code }
       break
     }
+    case T.partial: {
+      const size = r.varint()
+      const pieceSize = r.varint()
+      if (pieceSize < 1 || pieceSize > MAX_PIECE_SIZE)
+        violation(`partial blob with pieces of ${pieceSize} bytes`)
+      msg = { type: 'partial', size, pieceSize }
+      break
+    }
     default:
       return violation(`unknown message type ${type}`)
   }
@@ -382,7 +402,7 @@ class Reader {
 function limitOf(type: number): number {
   if (type === T.piece) return MAX_PIECE_FRAME
   if (type === T['piece-list']) return MAX_PIECE_LIST_FRAME
-  if (type >= T.hello && type <= T.reject) return MAX_CONTROL_FRAME
+  if (type >= T.hello && type <= T.partial) return MAX_CONTROL_FRAME
   return violation(`unknown message type ${type}`)
 }
 

@@ -13,11 +13,12 @@ import { systemClock } from '../../../src/clock.ts'
 import { KiB, MIN_PIECE_SIZE, MiB } from '../../../src/constants.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { buildPieceList, encodePieceList, type PieceList } from '../../../src/content/piece-list.ts'
-import { pieceRange } from '../../../src/content/pieces.ts'
+import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
 import { BlobUnknownError, DigestMismatchError } from '../../../src/errors.ts'
+import type { LiveBlob, LiveBlobEvent } from '../../../src/interface/peers.ts'
 import { Bitfield } from '../../../src/p2p/bitfield.ts'
 import { loadOrCreatePrivateKey } from '../../../src/p2p/identity.ts'
-import { PeerBusyError, type PeerSession, PieceExchange } from '../../../src/p2p/piece-exchange.ts'
+import { type ClientSession, PeerBusyError, PieceExchange } from '../../../src/p2p/piece-exchange.ts'
 import { generateSwarmKey, parseSwarmKey } from '../../../src/p2p/swarm-key.ts'
 import { SwarmNode } from '../../../src/p2p/swarm-node.ts'
 import { encodeFrameParts, FrameDecoder, type WireMessage } from '../../../src/p2p/wire.ts'
@@ -54,14 +55,18 @@ async function seed(store: MemoryBlobStore, blob: Blob, upTo?: number): Promise<
 }
 
 /** Fetches every piece with at most `inFlight` requests outstanding and reassembles the blob. */
-async function fetchAll(session: PeerSession, inFlight: number): Promise<Uint8Array> {
-  const pl = session.pieceList
+async function fetchAll(session: ClientSession, inFlight: number): Promise<Uint8Array> {
+  const pl = {
+    size: session.size,
+    pieceSize: session.pieceSize,
+    count: pieceCount(session.size, session.pieceSize)
+  }
   const out = new Uint8Array(pl.size)
   let next = 0
   let maxInFlight = 0
   let current = 0
   const worker = async () => {
-    while (next < pl.hashes.length) {
+    while (next < pl.count) {
       const index = next++
       current++
       maxInFlight = Math.max(maxInFlight, current)
@@ -71,7 +76,7 @@ async function fetchAll(session: PeerSession, inFlight: number): Promise<Uint8Ar
     }
   }
   await Promise.all(Array.from({ length: inFlight }, worker))
-  assert.equal(maxInFlight, Math.min(inFlight, pl.hashes.length))
+  assert.equal(maxInFlight, Math.min(inFlight, pl.count))
   return out
 }
 
@@ -156,9 +161,14 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
   it('serves a complete blob: piece list, full bitfield, pipelined pieces that reassemble', async () => {
     const session = await clientX.openSession(peerOf(seeder), blob.digest, { size: blob.data.length })
     assert.equal(session.peerId, seeder.peerId)
-    assert.deepEqual(session.pieceList, blob.pieceList)
-    assert.equal(session.bitfield.size, 4)
-    assert.ok(session.bitfield.full())
+    assert.ok(session.complete)
+    assert.equal(session.size, blob.data.length)
+    assert.equal(session.pieceSize, MIN_PIECE_SIZE)
+    assert.equal(session.held, 4)
+    assert.deepEqual(
+      [0, 1, 2, 3].map((i) => session.hashOf(i)),
+      blob.pieceList.hashes
+    )
     const data = await fetchAll(session, 4)
     assert.equal(digestOf(data), blob.digest)
     // The same piece twice at once, and a piece outside the blob.
@@ -180,7 +190,7 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
 
   it('streams a 24 MiB blob with 8 requests in flight, honouring backpressure', async () => {
     const session = await clientX.openSession(peerOf(seeder), big.digest)
-    assert.equal(session.pieceList.hashes.length, 25)
+    assert.equal(session.held, 25)
     const data = await fetchAll(session, 8)
     assert.equal(digestOf(data), big.digest)
     await session.close()
@@ -199,6 +209,84 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
     })
     await assert.rejects(clientX.openSession(peerOf(seeder), 'sha256:nope'), { code: 'INVALID_DIGEST' })
     await waitFor('the served sessions to end', () => serverX.activeUploads === 0)
+  })
+
+  it('serves a blob it is still fetching: geometry, HAVEs with hashes, news as they come', async () => {
+    const { digest, pieceList: pl } = partial
+    const events = new Set<(e: LiveBlobEvent) => void>()
+    const held = new Map<number, string>([[0, pl.hashes[0]!]])
+    const live: LiveBlob = {
+      digest,
+      size: pl.size,
+      pieceSize: pl.pieceSize,
+      hashOf: (i) => held.get(i),
+      held: () => held.entries(),
+      fetching: () => [1],
+      onEvent: (fn) => {
+        events.add(fn)
+        return () => events.delete(fn)
+      }
+    }
+    const emit = (e: LiveBlobEvent) => {
+      for (const fn of events) fn(e)
+    }
+    const unpublish = serverX.publish(live)
+    const interested: string[] = []
+    const offInterest = serverX.onInterest((peer, d) => interested.push(`${peer} ${d}`))
+    try {
+      const session = await clientX.openSession(peerOf(seeder), digest, { size: pl.size })
+      assert.equal(session.complete, false)
+      assert.equal(session.size, pl.size)
+      await waitFor(
+        'the HAVE and the fetching claim',
+        () => session.has(0) && session.fetchingSince(1) !== undefined
+      )
+      assert.equal(session.hashOf(0), pl.hashes[0])
+      assert.equal(session.has(1), false)
+      assert.deepEqual(interested, [`${leecher.peerId} ${digest}`])
+      const before = serverX.stats.partialPiecesServed
+      assert.equal(sha256Hex(await session.fetchPiece(0)), pl.hashes[0])
+      assert.equal(serverX.stats.partialPiecesServed, before + 1)
+      // Not held by the server yet: the client refuses to ask for it.
+      await assert.rejects(session.fetchPiece(1), { code: 'BLOB_UNKNOWN' })
+      // The piece lands on the server: its HAVE (with the hash) reaches the client.
+      const { start, end } = pieceRange(1, pl.size, pl.pieceSize)
+      await stores[0]!.putPiece(digest, 1, partial.data.subarray(start, end), {
+        sha256: pl.hashes[1]!,
+        source: 'registry'
+      })
+      held.set(1, pl.hashes[1]!)
+      emit({ type: 'have', index: 1, sha256: pl.hashes[1]! })
+      await waitFor('the HAVE of piece 1', () => session.has(1))
+      assert.equal(session.fetchingSince(1), undefined)
+      assert.equal(sha256Hex(await session.fetchPiece(1)), pl.hashes[1])
+      // The server's transfer fails: the session ends.
+      emit({ type: 'ended', complete: false })
+      await waitFor('the session to close', () => !session.open)
+    } finally {
+      offInterest()
+      unpublish()
+    }
+    await waitFor('the served session to end', () => serverX.activeUploads === 0)
+  })
+
+  it('a partial peer that changes the hash of a piece it announced is cut off', async () => {
+    const prefix = '/liar'
+    const pl = partial.pieceList
+    await rogue.libp2p.handle(
+      `${prefix}/pieces/1.0.0`,
+      rawHandler((stream, msg) => {
+        if (msg.type !== 'hello') return
+        send(stream, { type: 'partial', size: pl.size, pieceSize: pl.pieceSize })
+        send(stream, { type: 'have', index: 0, sha256: pl.hashes[0]! })
+        send(stream, { type: 'have', index: 0, sha256: pl.hashes[1]! })
+      })
+    )
+    const client = exchange(leecher, stores[1]!, { protocolPrefix: prefix })
+    await client.start()
+    const session = await client.openSession(peerOf(rogue), partial.digest)
+    await waitFor('the session to close', () => !session.open)
+    await assert.rejects(session.fetchPiece(0), { code: 'UPSTREAM_UNAVAILABLE' })
   })
 
   it('a piece with flipped bytes fails with DIGEST_MISMATCH and closes the session', async () => {

@@ -1,67 +1,178 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { beforeEach, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import { ShoalMetrics } from '../../../src/api/metrics.ts'
 import { systemClock } from '../../../src/clock.ts'
-import { digestOf } from '../../../src/content/digest.ts'
-import { buildPieceList, type PieceList, verifyPiece } from '../../../src/content/piece-list.ts'
-import { pieceRange } from '../../../src/content/pieces.ts'
-import { UpstreamUnavailableError } from '../../../src/errors.ts'
+import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
+import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
+import { AbortedError, DigestMismatchError, UpstreamUnavailableError } from '../../../src/errors.ts'
 import { BlobFetcher } from '../../../src/fetch/blob-fetcher.ts'
-import type { PeerBlobSession, PeerSource } from '../../../src/interface/peers.ts'
+import { ENDGAME_PIECES } from '../../../src/fetch/piece-picker.ts'
+import type {
+  BlobGeometry,
+  BlobPeers,
+  LiveBlob,
+  PeerBlobSession,
+  PeerEvent,
+  PeerSource
+} from '../../../src/interface/peers.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
 import { MemoryUpstream } from './memory-upstream.ts'
 
 const logger = pino({ level: 'silent' })
 const PIECE = 64 * 1024
 
-/** A swarm in memory: peers holding blobs, optionally lying or dying. */
-class MemoryPeers implements PeerSource {
-  readonly blobs = new Map<string, { data: Uint8Array; pieceList: PieceList }>()
-  readonly announced: string[] = []
-  opened = 0
-  piecesServed = 0
-  /** Replace a piece's bytes (a peer whose piece list lies about the blob). */
-  forge?: (index: number, data: Uint8Array) => Uint8Array
-  /** Throw after this many pieces (a peer that goes away). */
+/** A peer in memory holding some pieces of one blob; it may lie, corrupt or die. */
+class MemoryPeer implements PeerBlobSession {
+  readonly peerId: string
+  readonly size: number
+  readonly pieceSize = PIECE
+  readonly #data: Uint8Array
+  readonly #hashes = new Map<number, string>()
+  readonly #fetching = new Map<number, number>()
+  readonly #listeners = new Set<(e: PeerEvent) => void>()
+  open = true
+  served = 0
+  /** Bytes served for a piece in place of the real ones; `announce` also makes their hash its HAVE. */
+  forged = new Map<number, { bytes: Uint8Array; announce: boolean }>()
+  /** Fail every request after this many pieces (a peer that goes away). */
   dieAfter = Number.POSITIVE_INFINITY
 
-  hold(data: Uint8Array, pieceList?: PieceList): string {
-    const digest = digestOf(data)
-    this.blobs.set(digest, { data, pieceList: pieceList ?? buildPieceList(digest, data, PIECE) })
-    return digest
+  constructor(peerId: string, data: Uint8Array, pieces: Iterable<number>) {
+    this.peerId = peerId
+    this.#data = data
+    this.size = data.length
+    for (const i of pieces) this.#hashes.set(i, sha256Hex(this.#real(i)))
   }
 
-  async open(digest: string): Promise<PeerBlobSession | undefined> {
-    const b = this.blobs.get(digest)
-    if (!b) return undefined
-    this.opened++
+  #real(i: number): Uint8Array {
+    const r = pieceRange(i, this.size, PIECE)
+    return this.#data.slice(r.start, r.end)
+  }
+
+  forge(i: number, announce: boolean): void {
+    const bytes = new Uint8Array(randomBytes(this.#real(i).length))
+    this.forged.set(i, { bytes, announce })
+    if (announce) this.#hashes.set(i, sha256Hex(bytes))
+  }
+
+  get held(): number {
+    return this.#hashes.size
+  }
+
+  has(i: number): boolean {
+    return this.#hashes.has(i)
+  }
+
+  hashOf(i: number): string | undefined {
+    return this.#hashes.get(i)
+  }
+
+  fetchingSince(i: number): number | undefined {
+    return this.#fetching.get(i)
+  }
+
+  /** Announces a registry fetch of `i`, then its HAVE after `ms`. */
+  async claim(i: number, ms: number): Promise<void> {
+    this.#fetching.set(i, Date.now())
+    this.#emit({ type: 'fetching', index: i })
+    await sleep(ms)
+    this.#fetching.delete(i)
+    this.#hashes.set(i, sha256Hex(this.#real(i)))
+    this.#emit({ type: 'have', index: i })
+  }
+
+  async fetchPiece(i: number): Promise<Uint8Array> {
+    if (!this.open || this.served >= this.dieAfter) {
+      this.close()
+      throw new UpstreamUnavailableError(`${this.peerId} went away`)
+    }
+    this.served++
+    await sleep(1)
+    if (!this.open) throw new UpstreamUnavailableError(`${this.peerId} went away`)
+    const bytes = this.forged.get(i)?.bytes ?? this.#real(i)
+    if (sha256Hex(bytes) !== this.#hashes.get(i)) {
+      this.close()
+      throw new DigestMismatchError(`${this.peerId} sent a bad piece ${i}`)
+    }
+    return bytes
+  }
+
+  onEvent(fn: (e: PeerEvent) => void): () => void {
+    this.#listeners.add(fn)
+    return () => this.#listeners.delete(fn)
+  }
+
+  #emit(e: PeerEvent): void {
+    for (const fn of this.#listeners) fn(e)
+  }
+
+  async close(): Promise<void> {
+    if (!this.open) return
+    this.open = false
+    this.#emit({ type: 'closed' })
+  }
+}
+
+/** A swarm in memory: the peers of each blob, bans, what was announced. */
+class MemorySwarm implements PeerSource {
+  readonly peers = new Map<string, MemoryPeer[]>()
+  readonly announced: string[] = []
+  readonly banned: { peerId: string; reason: string }[] = []
+  readonly published: LiveBlob[] = []
+  /** Called as a transfer publishes itself (before its first piece). */
+  onPublish: ((blob: LiveBlob) => void) | undefined
+
+  add(digest: string, peer: MemoryPeer): MemoryPeer {
+    this.peers.set(digest, [...(this.peers.get(digest) ?? []), peer])
+    return peer
+  }
+
+  join(digest: string): BlobPeers {
+    this.announce(digest)
+    const listeners = new Set<() => void>()
+    const live = () =>
+      (this.peers.get(digest) ?? []).filter((p) => p.open && !this.banned.some((b) => b.peerId === p.peerId))
+    for (const p of this.peers.get(digest) ?? []) {
+      p.onEvent(() => {
+        for (const fn of listeners) fn()
+      })
+    }
     return {
-      peerId: 'peer-1',
-      pieceList: b.pieceList,
-      fetchPiece: async (index) => {
-        if (this.piecesServed >= this.dieAfter) throw new UpstreamUnavailableError('peer went away')
-        this.piecesServed++
-        const r = pieceRange(index, b.data.length, b.pieceList.pieceSize)
-        const bytes = this.forge?.(index, b.data.slice(r.start, r.end)) ?? b.data.slice(r.start, r.end)
-        verifyPiece(b.pieceList, index, bytes)
-        return bytes
+      localPeerId: 'self',
+      ready: async (): Promise<BlobGeometry | undefined> => {
+        const first = live()[0]
+        return first ? { size: first.size, pieceSize: first.pieceSize } : undefined
       },
-      close: async () => {}
+      sessions: live,
+      onChange: (fn) => {
+        listeners.add(fn)
+        return () => listeners.delete(fn)
+      },
+      publish: (blob) => {
+        this.published.push(blob)
+        this.onPublish?.(blob)
+      },
+      ban: (peerId, reason) => {
+        this.banned.push({ peerId, reason })
+        for (const p of this.peers.get(digest) ?? []) if (p.peerId === peerId) void p.close()
+      },
+      leave: () => listeners.clear()
     }
   }
 
   announce(digest: string): void {
-    this.announced.push(digest)
+    if (!this.announced.includes(digest)) this.announced.push(digest)
   }
 
   withdraw(): void {}
 }
 
-describe('BlobFetcher with peers', () => {
+describe('BlobFetcher with a swarm', () => {
   let upstream: MemoryUpstream
-  let peers: MemoryPeers
+  let swarm: MemorySwarm
   let store: MemoryBlobStore
   let fetcher: BlobFetcher
   let metrics: ShoalMetrics
@@ -69,68 +180,118 @@ describe('BlobFetcher with peers', () => {
 
   beforeEach(async () => {
     upstream = new MemoryUpstream()
-    peers = new MemoryPeers()
+    swarm = new MemorySwarm()
     store = new MemoryBlobStore({ clock: systemClock, logger }, { quotaBytes: 64 * 1024 * 1024 })
     await store.start()
     metrics = new ShoalMetrics()
     fetcher = new BlobFetcher(
-      { store, upstreams: upstream, clock: systemClock, logger, metrics, peers },
-      { pieceSize: PIECE, registryConcurrency: 4, registryStreams: 4 }
+      { store, upstreams: upstream, clock: systemClock, logger, metrics, peers: swarm },
+      { pieceSize: PIECE, registryConcurrency: 4, registryStreams: 4, peerDepth: 2 }
     )
   })
 
-  it('takes a blob a peer holds from the peer, not the seed, and announces it', async () => {
-    const data = randomBytes(5 * PIECE + 9)
-    const digest = peers.hold(data)
-    upstream.addBlob(data)
+  function blob(pieces: number): { data: Uint8Array; digest: string; all: number[] } {
+    const data = new Uint8Array(randomBytes(pieces * PIECE - 7))
+    const digest = upstream.addBlob(data)
+    return { data, digest, all: [...Array(pieceCount(data.length, PIECE)).keys()] }
+  }
+
+  it('takes a blob from several peers at once, none from the seed, and advertises it', async () => {
+    const { data, digest, all } = blob(12)
+    const a = swarm.add(digest, new MemoryPeer('a', data, all))
+    const b = swarm.add(digest, new MemoryPeer('b', data, all))
     const info = await fetcher.fetch({ digest, size: data.length, ...at })
     assert.equal(info.complete, true)
     assert.equal(upstream.requests.length, 0)
-    assert.equal(peers.piecesServed, 6)
-    assert.deepEqual(peers.announced, [digest])
-    const pieces = await store.pieces(digest)
-    assert.ok(pieces.every((p) => p.source === 'peer'))
+    assert.ok(a.served > 0 && b.served > 0, `pieces from a: ${a.served}, from b: ${b.served}`)
+    // Every piece once, plus at most a few duplicates asked for at the tail (endgame).
+    assert.ok(a.served + b.served >= 12 && a.served + b.served <= 12 + ENDGAME_PIECES)
+    assert.deepEqual(swarm.announced, [digest])
+    assert.ok((await store.pieces(digest)).every((p) => p.source === 'peer'))
     const peerBytes = (await metrics.bytesFetched.get()).values.find((v) => v.labels.source === 'peer')
     assert.equal(peerBytes?.value, data.length)
   })
 
-  it('falls back to the seed when a piece list leads to a wrong blob, and keeps peers out of it', async () => {
-    const data = randomBytes(4 * PIECE)
-    const digest = digestOf(data)
-    upstream.addBlob(data)
-    // The peer's list describes other bytes under this digest: every piece matches the list,
-    // only the whole-blob check can tell.
-    const other = randomBytes(4 * PIECE)
-    peers.blobs.set(digest, {
-      data: other,
-      pieceList: { ...buildPieceList(digestOf(other), other, PIECE), digest }
-    })
-    const info = await fetcher.fetch({ digest, size: data.length, ...at })
-    assert.equal(info.complete, true)
-    assert.equal(upstream.requests.length, 4)
-    const pieces = await store.pieces(digest)
-    assert.ok(pieces.every((p) => p.source === 'registry'))
-    // A second fetch of the same blob after a delete does not ask the lying peer again.
-    await store.delete(digest)
+  it('takes from the seed only the pieces no peer holds', async () => {
+    const { data, digest } = blob(8)
+    swarm.add(digest, new MemoryPeer('a', data, [0, 1, 2, 3]))
     await fetcher.fetch({ digest, size: data.length, ...at })
-    assert.equal(peers.opened, 1)
+    assert.deepEqual(upstream.requests.map((r) => r.start / PIECE).sort(), [4, 5, 6, 7])
   })
 
-  it('falls back to the seed when the peer goes away mid-blob', async () => {
-    const data = randomBytes(6 * PIECE)
-    const digest = peers.hold(data)
-    upstream.addBlob(data)
-    peers.dieAfter = 2
-    const info = await fetcher.fetch({ digest, size: data.length, ...at })
-    assert.equal(info.complete, true)
-    assert.ok(upstream.requests.length >= 4)
+  it('leaves to a peer the pieces it is fetching from the seed (a cold swarm splits the work)', async () => {
+    const { data, digest } = blob(8)
+    const a = swarm.add(digest, new MemoryPeer('a', data, []))
+    // Peer a claims pieces 2, 3 and 5 and gets them a little later.
+    const claims = Promise.all([a.claim(2, 30), a.claim(3, 40), a.claim(5, 60)])
+    await fetcher.fetch({ digest, size: data.length, ...at })
+    await claims
+    const fromSeed = upstream.requests.map((r) => r.start / PIECE).sort()
+    assert.deepEqual(fromSeed, [0, 1, 4, 6, 7])
+    assert.equal(a.served, 3)
   })
 
-  it('uses the seed when no peer holds the blob', async () => {
-    const data = randomBytes(2 * PIECE)
-    const digest = upstream.addBlob(data)
+  it('bans a peer that sends a piece failing its hash, and completes from the others', async () => {
+    const { data, digest, all } = blob(10)
+    const bad = swarm.add(digest, new MemoryPeer('bad', data, all))
+    swarm.add(digest, new MemoryPeer('good', data, all))
+    for (const i of all) bad.forge(i, false)
+    const info = await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(info.complete, true)
+    assert.deepEqual(swarm.banned, [{ peerId: 'bad', reason: 'bad-piece' }])
+    // Cut off at its first bad piece: at most the requests already in flight (2) were sent.
+    assert.ok(bad.served <= 2, `the bad peer served ${bad.served} pieces`)
+  })
+
+  it('traces a forged piece to the peer that vouched for it, bans it, and completes without it', async () => {
+    const { data, digest, all } = blob(6)
+    const forger = swarm.add(digest, new MemoryPeer('forger', data, all))
+    const honest = swarm.add(digest, new MemoryPeer('honest', data, all))
+    // The forger announces the hash of its forged bytes: every piece passes its check, only the
+    // whole blob cannot.
+    for (const i of all) forger.forge(i, true)
+    const info = await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(info.complete, true)
+    assert.equal(digestOf(await store.read(digest, { start: 0, end: data.length })), digest)
+    assert.deepEqual(swarm.banned, [{ peerId: 'forger', reason: 'forged-piece' }])
+    assert.ok(honest.served > 0)
+    const failures = (await metrics.verifyFailures.get()).values.find((v) => v.labels.kind === 'blob')
+    assert.equal(failures?.value, 1)
+  })
+
+  it('finishes from the seed when its only peer goes away mid-blob', async () => {
+    const { data, digest, all } = blob(9)
+    const a = swarm.add(digest, new MemoryPeer('a', data, all))
+    a.dieAfter = 3
+    const info = await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(info.complete, true)
+    assert.ok(upstream.requests.length >= 6, `${upstream.requests.length} pieces from the seed`)
+    assert.deepEqual(swarm.banned, [])
+  })
+
+  it('publishes the transfer so peers can fetch its pieces while it runs', async () => {
+    const { data, digest } = blob(4)
+    const seen: string[] = []
+    swarm.onPublish = (blob) => blob.onEvent((e) => seen.push(e.type))
     await fetcher.fetch({ digest, size: data.length, ...at })
-    assert.equal(upstream.requests.length, 2)
-    assert.deepEqual(peers.announced, [digest])
+    const live = swarm.published[0]
+    assert.ok(live, 'the transfer was published')
+    assert.equal(seen.at(-1), 'ended')
+    assert.ok(seen.includes('have'))
+    assert.equal([...live.held()].length, 4)
+    for (const [i, h] of live.held()) {
+      const r = pieceRange(i, data.length, PIECE)
+      assert.equal(h, sha256Hex(data.subarray(r.start, r.end)))
+    }
+  })
+
+  it('an aborted fetch leaves the transfer to finish for others', async () => {
+    const { data, digest } = blob(3)
+    const controller = new AbortController()
+    const p = fetcher.fetch({ digest, size: data.length, ...at }, { signal: controller.signal })
+    controller.abort()
+    await assert.rejects(p, (err: Error) => err instanceof AbortedError)
+    const info = await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(info.complete, true)
   })
 })

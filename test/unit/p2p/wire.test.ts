@@ -65,12 +65,14 @@ function samples(): WireMessage[] {
     { type: 'busy', retryAfterMs: 2 ** 31 - 1 },
     { type: 'choke' },
     { type: 'unchoke' },
-    { type: 'reject', index: 3, code: 'BLOB_UNKNOWN' }
+    { type: 'reject', index: 3, code: 'BLOB_UNKNOWN' },
+    { type: 'partial', size: 0, pieceSize: 1 },
+    { type: 'partial', size: 2 ** 40, pieceSize: 4 * 1024 * 1024 }
   ]
 }
 
 function randomMessage(): WireMessage {
-  switch (Math.floor(Math.random() * 12)) {
+  switch (Math.floor(Math.random() * 13)) {
     case 0:
       return Math.random() < 0.5
         ? { type: 'hello', digest: digest() }
@@ -95,6 +97,8 @@ function randomMessage(): WireMessage {
       return { type: 'choke' }
     case 10:
       return { type: 'unchoke' }
+    case 11:
+      return { type: 'partial', size: Math.floor(Math.random() * 2 ** 40), pieceSize: 1 + index() }
     default:
       return { type: 'reject', index: index(), code: Math.random() < 0.5 ? 'BLOB_UNKNOWN' : 'STORE_FULL' }
   }
@@ -126,7 +130,7 @@ describe('wire', () => {
       assert.deepEqual(decodeAll(encodeFrame(m)).map(norm), [norm(m)], m.type)
     }
     const types = new Set(msgs.map((m) => m.type))
-    assert.equal(types.size, 12)
+    assert.equal(types.size, 13)
   })
 
   it('decodes a piece list carried in a frame', () => {
@@ -223,6 +227,8 @@ describe('wire', () => {
     bad([4, 12, 0, 1, 0x61], /error code/) // reject code "a"
     bad([3, 12, 0, 100], /reject code of/) // reject code too long
     bad([6, 9, 0xff, 0xff, 0xff, 0xff, 0x0f], /busy/) // busy over 2^31 - 1
+    bad([3, 13, 5, 0], /pieces of 0/) // partial with pieces of 0 bytes
+    bad([2, 13, 5], /truncated/) // partial without a piece size
     // Truncated input: the stream ends inside a frame.
     const frame = encodeFrame({ type: 'have', index: 1, sha256: hex() })
     assert.throws(() => decodeAll(frame.subarray(0, frame.length - 1)), violation(/ended inside/))
@@ -240,6 +246,8 @@ describe('wire', () => {
     bad({ type: 'piece', index: 1, data: new Uint8Array(0) })
     bad({ type: 'busy', retryAfterMs: -1 })
     bad({ type: 'reject', index: 1, code: 'lower' })
+    bad({ type: 'partial', size: -1, pieceSize: 1 })
+    bad({ type: 'partial', size: 1, pieceSize: 0 })
     bad({ type: 'nonsense' })
   })
 

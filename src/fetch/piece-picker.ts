@@ -1,0 +1,109 @@
+/**
+ * Which piece to ask for next, and from whom: pure functions over what the transfer holds, what
+ * is in flight, and what each peer holds or is fetching. Kept apart from the transfer so the
+ * policy can be read (and tested) on its own:
+ *
+ * - from a peer: a piece it holds that we lack and nobody is bringing in; the first piece at
+ *   random (so a crowd does not all want the same one), then the rarest among the peers (so
+ *   every piece keeps a copy somewhere); pieces a range read waits for come first. At the tail
+ *   (endgame) a piece already in flight from another source may be asked for again.
+ * - from the registry: a piece no peer holds and none is fetching (a fresh `fetching` claim
+ *   counts), in order from a random start, so nodes of a cold swarm split the blob between them
+ *   and the registry sends each piece about once. Pieces a range read waits for come first.
+ *   When the swarm has made no progress for a while (its patience), any piece not in flight may
+ *   go to the registry.
+ */
+
+/** What a peer session offers, as the picker needs it. */
+export interface PeerView {
+  readonly peerId: string
+  has(index: number): boolean
+  fetchingSince(index: number): number | undefined
+}
+
+/** The transfer's state, as the picker needs it. */
+export interface PickState {
+  /** Pieces not yet held, in index order. */
+  missing: ReadonlySet<number>
+  /** Sources (peer ids or `registry`) each piece in flight is coming from. */
+  inFlight: ReadonlyMap<number, readonly string[]>
+  /** Pieces a range read waits for, most urgent first. */
+  priority: readonly number[]
+  /** Pieces held so far. */
+  heldCount: number
+  count: number
+  /** Open sessions with peers, in the blob's geometry. */
+  peers: readonly PeerView[]
+  /** Now (ms, the same clock as `fetchingSince`). */
+  now: number
+  /** How long a peer's `fetching` claim holds other nodes off the piece. */
+  claimTtlMs: number
+  /** True when the swarm has stalled: the registry may take any piece not in flight. */
+  impatient: boolean
+  /** Where the registry's walk through the blob starts (random per node). */
+  registryStart: number
+  random: () => number
+}
+
+/** At most this many missing pieces make the endgame (duplicate requests allowed). */
+export const ENDGAME_PIECES = 4
+
+/** The next piece to ask `peer` for, or undefined. */
+export function pickForPeer(peer: PeerView, s: PickState): number | undefined {
+  for (const i of s.priority) {
+    if (s.missing.has(i) && !s.inFlight.has(i) && peer.has(i)) return i
+  }
+  const candidates: number[] = []
+  for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) candidates.push(i)
+  if (candidates.length === 0) return endgamePick(peer, s)
+  if (s.heldCount === 0) return candidates[Math.floor(s.random() * candidates.length)]
+  let best: number[] = []
+  let bestCount = Number.POSITIVE_INFINITY
+  for (const i of candidates) {
+    let n = 0
+    for (const p of s.peers) if (p.has(i)) n++
+    if (n < bestCount) {
+      bestCount = n
+      best = [i]
+    } else if (n === bestCount) {
+      best.push(i)
+    }
+  }
+  return best[Math.floor(s.random() * best.length)]
+}
+
+function endgamePick(peer: PeerView, s: PickState): number | undefined {
+  if (s.missing.size > ENDGAME_PIECES) return undefined
+  for (const i of s.missing) {
+    const from = s.inFlight.get(i)
+    if (from !== undefined && from.length < 2 && !from.includes(peer.peerId) && peer.has(i)) return i
+  }
+  return undefined
+}
+
+/** The next piece to fetch from the registry, or undefined. */
+export function pickForRegistry(s: PickState): number | undefined {
+  for (const i of s.priority) if (s.missing.has(i) && !s.inFlight.has(i)) return i
+  let best: number | undefined
+  let bestRank = Number.POSITIVE_INFINITY
+  for (const i of s.missing) {
+    if (s.inFlight.has(i)) continue
+    if (!s.impatient && claimedElsewhere(i, s)) continue
+    const rank = (i - s.registryStart + s.count) % s.count
+    if (rank < bestRank) {
+      bestRank = rank
+      best = i
+    }
+  }
+  return best
+}
+
+/** True when a peer holds piece `i` or has a fresh claim on it. */
+export function claimedElsewhere(i: number, s: PickState): boolean {
+  for (const p of s.peers) {
+    if (p.has(i)) return true
+    const since = p.fetchingSince(i)
+    if (since !== undefined && s.now - since < s.claimTtlMs) return true
+  }
+  return false
+}
