@@ -5,7 +5,7 @@ import type { Logger } from 'pino'
 import type { ShoalMetrics } from './api/metrics.ts'
 import { ConfigInvalidError } from './errors.ts'
 import { TokenBucket } from './fetch/token-bucket.ts'
-import type { AbortOptions, Startable } from './interface/common.ts'
+import type { Startable } from './interface/common.ts'
 import type { BlobPeers, PeerSource } from './interface/peers.ts'
 import type { BlobStore } from './interface/store.ts'
 import { DhtContentRouting } from './p2p/content-routing.ts'
@@ -116,6 +116,7 @@ export class Swarm implements Startable {
         bans: this.#bans,
         logger: this.#log,
         peerId: node.peerId,
+        connectedPeers: () => node.peers(),
         ...(metrics && { metrics })
       },
       { findTimeoutMs: this.#init.findTimeout }

@@ -48,6 +48,13 @@ export class ShoalMetrics {
     registers: [this.registry]
   })
 
+  /** Pieces served to peers from blobs this node had not finished: sharing while downloading. */
+  readonly partialPiecesServed = new Counter({
+    name: 'shoal_partial_pieces_served_total',
+    help: 'Pieces served to peers before this node had the whole blob',
+    registers: [this.registry]
+  })
+
   /** DHT operations (provide, find providers), by outcome. */
   readonly dhtOperations = new Counter({
     name: 'shoal_dht_operations_total',

@@ -198,8 +198,13 @@ export class BlobFetcher implements Startable {
     const known = await this.#c.store.stat(req.digest, options)
     const peers = this.#c.peers?.join(req.digest, { ...(req.size !== undefined && { size: req.size }) })
     try {
-      // The swarm's geometry wins for a new blob, so this node's pieces match its peers'.
-      const geometry = known ?? (await peers?.ready(options))
+      // A blob's size comes from its descriptor; pieces have the configured size, as on every
+      // node of the swarm. Only a blob of unknown size asks the swarm (then the seed) for it.
+      const geometry =
+        known ??
+        (req.size !== undefined
+          ? { size: req.size, pieceSize: this.#pieceSize }
+          : await peers?.ready(options))
       const size =
         geometry?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
       const info = await this.#c.store.begin(

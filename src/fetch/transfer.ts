@@ -58,11 +58,11 @@ export interface BlobTransferInit {
   concurrency: number
   /** Requests in flight per peer. Default 4. */
   peerDepth?: number
-  /** How long one piece request to a peer may take. Default 10 s. */
+  /** How long one piece request to a peer may take. Default 30 s. */
   peerRequestTimeoutMs?: number
   /** How long a peer's `fetching` claim keeps this node off the piece. Default 15 s. */
   claimTtlMs?: number
-  /** Without progress for this long, the registry may take any piece. Default 8 s. */
+  /** Without progress for this long, the registry may take any piece. Default 30 s. */
   swarmPatienceMs?: number
   /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
   priority?: number
@@ -73,6 +73,8 @@ interface Flight {
   /** A peer id, or `registry`. */
   source: string
   abort: AbortController
+  /** When it was launched (the transfer's clock). */
+  started: number
 }
 
 const REGISTRY = 'registry'
@@ -80,6 +82,8 @@ const REGISTRY = 'registry'
 const MAX_STRIKES = 2
 // While waiting on peers (claims, busy sessions) the schedule is re-examined this often.
 const TICK_MS = 200
+// A registry request younger than this gives way to a peer's claim on the same piece.
+const YIELD_WINDOW_MS = 500
 
 /**
  * Brings one blob into the store, piece by piece, from many sources at once: peers of the blob's
@@ -124,6 +128,8 @@ export class BlobTransfer implements LiveBlob {
   readonly #strikes = new Map<string, number>()
   readonly #banned = new Set<string>()
   #registryLoad = 0
+  #registryLanded = 0
+  #swarmReady = false
   readonly #priority: number[] = []
   readonly #waiters = new Set<{ pieces: number[]; resolve: () => void; reject: (e: Error) => void }>()
   readonly #listeners = new Set<(p: BlobProgress) => void>()
@@ -151,9 +157,9 @@ export class BlobTransfer implements LiveBlob {
     this.#repository = init.repository
     this.#concurrency = init.concurrency
     this.#peerDepth = init.peerDepth ?? 4
-    this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 10_000
+    this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 30_000
     this.#claimTtlMs = init.claimTtlMs ?? 15_000
-    this.#patienceMs = init.swarmPatienceMs ?? 8_000
+    this.#patienceMs = init.swarmPatienceMs ?? 30_000
     this.#rank = init.priority ?? 0
     this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (let i = 0; i < this.count; i++) this.#missing.add(i)
@@ -271,6 +277,10 @@ export class BlobTransfer implements LiveBlob {
         if (peers) {
           this.#tick = setInterval(() => this.#pump(), TICK_MS)
           this.#tick.unref()
+          peers.ready({ signal: this.#abort.signal }).finally(() => {
+            this.#swarmReady = true
+            this.#pump()
+          })
         }
         this.#pump()
       })
@@ -334,7 +344,7 @@ export class BlobTransfer implements LiveBlob {
       registryStart: this.#registryStart,
       random: Math.random
     }
-    this.#yieldToLowerClaims(sessions)
+    this.#yieldToLowerClaims(sessions, now)
     for (const s of shuffle(sessions)) {
       while ((this.#peerLoad.get(s.peerId) ?? 0) < this.#peerDepth) {
         const i = pickForPeer(s, state)
@@ -343,13 +353,26 @@ export class BlobTransfer implements LiveBlob {
         state.inFlight = this.#inFlightSources()
       }
     }
-    while (this.#registryLoad < this.#concurrency) {
+    while (this.#registryLoad < this.#registryWindow()) {
       // Pieces a range read waits for are trusted only from the registry: take them there.
       const i = pickForRegistry(state)
       if (i === undefined) break
       this.#launch(i, undefined)
       state.inFlight = this.#inFlightSources()
     }
+  }
+
+  /**
+   * Registry requests allowed in flight now. Alone, all of them. In a swarm, none until the first
+   * round of peer discovery is over (so the claims of peers fetching the same blob are known),
+   * then one more for each piece that came from the registry (a slow start): nodes of a cold
+   * swarm that start together would otherwise all take the same pieces before they hear of
+   * each other.
+   */
+  #registryWindow(): number {
+    if (this.#c.peers === undefined) return this.#concurrency
+    if (!this.#swarmReady) return 0
+    return Math.min(this.#concurrency, 1 + this.#registryLanded)
   }
 
   #inFlightSources(): Map<number, string[]> {
@@ -364,23 +387,29 @@ export class BlobTransfer implements LiveBlob {
 
   /**
    * Two nodes that started taking the same piece from the registry before hearing of each other:
-   * the one with the higher peer id gives way (both see the same pair, so exactly one does).
+   * the one with the higher peer id gives way (both see the same pair, so exactly one does), but
+   * only while its request is young; past that, finishing costs the registry less than starting
+   * over elsewhere.
    */
-  #yieldToLowerClaims(sessions: PeerBlobSession[]): void {
+  #yieldToLowerClaims(sessions: PeerBlobSession[], now: number): void {
     const self = this.#c.peers?.localPeerId
     if (self === undefined) return
     for (const [i, flights] of this.#flights) {
       if (this.#priority.includes(i)) continue
       const mine = flights.find((f) => f.source === REGISTRY)
-      if (mine === undefined) continue
+      if (mine === undefined || mine.abort.signal.aborted || now - mine.started > YIELD_WINDOW_MS) continue
       const lower = sessions.some((s) => s.peerId < self && s.fetchingSince(i) !== undefined && !s.has(i))
-      if (lower) mine.abort.abort(new AbortedError(`piece ${i} is being fetched by a peer`))
+      if (lower) {
+        this.#c.logger.debug({ digest: this.digest, index: i }, 'registry piece left to a peer')
+        mine.abort.abort(new AbortedError(`piece ${i} is being fetched by a peer`))
+      }
     }
   }
 
   #launch(i: number, peer: PeerBlobSession | undefined): void {
     const source = peer?.peerId ?? REGISTRY
-    const flight: Flight = { source, abort: abortController() }
+    const started = this.#c.clock.now()
+    const flight: Flight = { source, abort: abortController(), started }
     const signal = AbortSignal.any([this.#abort.signal, flight.abort.signal])
     const list = this.#flights.get(i)
     if (list === undefined) this.#flights.set(i, [flight])
@@ -389,8 +418,11 @@ export class BlobTransfer implements LiveBlob {
     else {
       this.#registryLoad++
       this.#emitLive({ type: 'fetching', index: i })
+      this.#c.logger.debug(
+        { digest: this.digest, index: i, peers: this.#c.peers?.sessions().length ?? 0 },
+        'piece from the registry'
+      )
     }
-    const started = this.#c.clock.now()
     const work = peer ? this.#fromPeer(i, peer, signal) : this.#fromRegistry(i, signal)
     work
       .then(
@@ -480,8 +512,12 @@ export class BlobTransfer implements LiveBlob {
     }
     this.#held.set(i, sha256)
     this.#missing.delete(i)
-    if (voucher === undefined) this.#trusted.add(i)
-    else this.#voucher.set(i, voucher)
+    if (voucher === undefined) {
+      this.#trusted.add(i)
+      this.#registryLanded++
+    } else {
+      this.#voucher.set(i, voucher)
+    }
     this.#lastProgress = this.#c.clock.now()
     // The other sources of this piece (endgame) are no longer needed.
     for (const f of this.#flights.get(i) ?? []) f.abort.abort(new AbortedError(`piece ${i} arrived`))

@@ -107,7 +107,7 @@ export class SystemDnsResolver implements DnsResolver {
   }
 }
 // A name with only A or only AAAA records answers the other family with this (an unknown name
-// answers ENOTFOUND, which is reported: a misspelt service name should show in the logs).
+// answers ENOTFOUND, which is reported: a misspelt service name shows in the debug log).
 const NO_RECORDS = new Set(['ENODATA'])
 
 /** Dials every address a DNS name resolves to, on start and every interval. */

@@ -134,6 +134,11 @@ export class ClientSession implements PeerBlobSession {
     return this.#state === 'open'
   }
 
+  /** Why the session closed, once it has. */
+  get closedBy(): Error | undefined {
+    return this.#closedBy
+  }
+
   /** True when the peer sent a piece list: it holds the whole blob. */
   get complete(): boolean {
     return this.#pieceHashes !== undefined

@@ -46,6 +46,12 @@ export const DEFAULT_OPEN_TIMEOUT_MS = 10 * second
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30 * second
 /** Default wait a busy server asks for. */
 export const DEFAULT_BUSY_RETRY_AFTER_MS = second
+// Who asked for a blob this node lacked is remembered this long, for so many blobs and peers.
+const ASKER_TTL_MS = 60 * second
+const MAX_ASKED_BLOBS = 1024
+const MAX_ASKERS_PER_BLOB = 64
+// How long a hello for a blob about to be published waits for it.
+const EXPECT_WAIT_MS = 3 * second
 // A stopping exchange still answers a racing stream with `busy` (for longer).
 const MAX_BUSY_WHEN_STOPPING = 10 * second
 
@@ -119,7 +125,11 @@ export class PieceExchange implements Startable {
   readonly #served = new Set<ServedSession>()
   readonly #outbound = new Set<ClientSession>()
   readonly #live = new Map<string, LiveBlob>()
+  /** Blobs this node has joined but not yet published, with those waiting for them. */
+  readonly #expected = new Map<string, Set<(blob: LiveBlob | undefined) => void>>()
   readonly #interest = new Set<(peerId: string, digest: string) => void>()
+  /** Peers that recently asked for a blob this node had not joined: they are fetching it. */
+  readonly #askers = new Map<string, Map<string, number>>()
   #offBan: (() => void) | undefined
   #started = false
 
@@ -172,9 +182,63 @@ export class PieceExchange implements Startable {
   /** Lets peers fetch the pieces of a transfer while it runs; returns the function that stops it. */
   publish(blob: LiveBlob): () => void {
     this.#live.set(blob.digest, blob)
+    this.#settleExpected(blob.digest, blob)
     return () => {
       if (this.#live.get(blob.digest) === blob) this.#live.delete(blob.digest)
     }
+  }
+
+  /**
+   * Announces that a transfer of `digest` is about to be published: a peer asking for it
+   * meanwhile waits (a little) instead of hearing `BLOB_UNKNOWN`. Returns the function that
+   * withdraws the notice (a transfer that never started).
+   */
+  expect(digest: string): () => void {
+    if (!this.#expected.has(digest)) this.#expected.set(digest, new Set())
+    return () => this.#settleExpected(digest, undefined)
+  }
+
+  #settleExpected(digest: string, blob: LiveBlob | undefined): void {
+    const waiting = this.#expected.get(digest)
+    this.#expected.delete(digest)
+    for (const fn of waiting ?? []) fn(blob)
+  }
+
+  /** This node's transfer of `digest`, waiting up to `ms` when one is expected. */
+  #liveBlob(digest: string, ms: number): Promise<LiveBlob | undefined> | LiveBlob | undefined {
+    const live = this.#live.get(digest)
+    const waiting = this.#expected.get(digest)
+    if (live !== undefined || waiting === undefined) return live
+    return new Promise((resolve) => {
+      const done = (blob: LiveBlob | undefined) => {
+        clearTimeout(timer)
+        waiting.delete(done)
+        resolve(blob)
+      }
+      const timer = setTimeout(() => done(undefined), ms)
+      waiting.add(done)
+    })
+  }
+
+  /** Peers that asked for `digest` in the last minute while this node had none of it. */
+  recentAskers(digest: string): string[] {
+    const now = Date.now()
+    const askers = this.#askers.get(digest)
+    if (askers === undefined) return []
+    for (const [peer, at] of askers) if (now - at > ASKER_TTL_MS) askers.delete(peer)
+    return [...askers.keys()]
+  }
+
+  #noteAsker(peerId: string, digest: string): void {
+    let askers = this.#askers.get(digest)
+    if (askers === undefined) {
+      // Bounded: the oldest blob's askers go first.
+      if (this.#askers.size >= MAX_ASKED_BLOBS)
+        this.#askers.delete(this.#askers.keys().next().value as string)
+      askers = new Map()
+      this.#askers.set(digest, askers)
+    }
+    if (askers.size < MAX_ASKERS_PER_BLOB) askers.set(peerId, Date.now())
   }
 
   /** Told when a peer opens a session about a blob this node is fetching (it may serve us too). */
@@ -271,13 +335,17 @@ export class PieceExchange implements Startable {
       log: this.#log,
       peerId,
       helloTimeoutMs: this.#openTimeoutMs,
-      live: (digest) => this.#live.get(digest),
+      live: (digest) => this.#liveBlob(digest, EXPECT_WAIT_MS),
       onInterest: (p, digest) => {
         for (const fn of this.#interest) fn(p, digest)
       },
+      onUnknown: (p, digest) => this.#noteAsker(p, digest),
       upload: this.#init.upload,
       onClosed: (s) => this.#served.delete(s),
-      onServed: (n) => this.#metrics?.bytesServed.inc({ interface: 'peer' }, n)
+      onServed: (n, partial) => {
+        this.#metrics?.bytesServed.inc({ interface: 'peer' }, n)
+        if (partial) this.#metrics?.partialPiecesServed.inc()
+      }
     })
     this.#served.add(session)
   }

@@ -43,13 +43,15 @@ export interface ServedSessionInit {
   /** The peer on the other end. */
   peerId: string
   /** This node's transfer of a blob, when one is running. */
-  live: (digest: string) => LiveBlob | undefined
+  live: (digest: string) => Promise<LiveBlob | undefined> | LiveBlob | undefined
   /** Told when a peer asks for a blob this node is fetching too (it may serve us as well). */
   onInterest: (peerId: string, digest: string) => void
+  /** Told when a peer asks for a blob this node neither holds nor fetches. */
+  onUnknown?: (peerId: string, digest: string) => void
   /** Paces what this node uploads; absent, uploads are not capped. */
   upload?: TokenBucket | undefined
   onClosed: (s: ServedSession) => void
-  onServed: (bytes: number) => void
+  onServed: (bytes: number, partial: boolean) => void
 }
 
 /** One inbound stream being served. See the module comment. */
@@ -175,8 +177,10 @@ export class ServedSession {
         await this.#describeComplete(digest, signal)
         return
       }
-      const live = this.#init.live(digest)
+      const live = await this.#init.live(digest)
+      if (this.#state !== 'preparing') return
       if (live === undefined) {
+        this.#init.onUnknown?.(this.peerId, digest)
         this.#reject(0, BlobUnknownError.code)
         return
       }
@@ -311,7 +315,7 @@ export class ServedSession {
     stats.piecesServed++
     stats.bytesServed += data.length
     if (partial) stats.partialPiecesServed++
-    this.#init.onServed(data.length)
+    this.#init.onServed(data.length, partial)
     if (!more) await waitForDrain(this.#stream, signal)
   }
 

@@ -22,6 +22,8 @@ export interface SwarmPeerSourceComponents {
   logger: Logger
   /** This node's peer id. */
   peerId: string
+  /** Peers connected now: asked directly, before the DHT answers. */
+  connectedPeers: () => string[]
   metrics?: ShoalMetrics
 }
 
@@ -38,9 +40,11 @@ export interface SwarmPeerSourceInit {
   openTimeoutMs?: number
 }
 
-const DEFAULT_FIND_SCHEDULE_MS = [150, 300, 600, 1200, 2500, 5000]
+const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 400, 800, 1600, 3200, 5000]
 // A peer that did not serve a blob is asked again no sooner than this.
 const RETRY_PEER_MS = 1000
+// A session cut under us is opened again after this.
+const RECONNECT_MS = 50
 
 /** See the module comment. */
 export class SwarmPeerSource implements PeerSource {
@@ -108,10 +112,12 @@ class BlobSwarm implements BlobPeers {
   readonly #sessions = new Map<string, ClientSession>()
   readonly #opening = new Set<string>()
   readonly #retryAt = new Map<string, number>()
+  readonly #reconnected = new Set<string>()
   readonly #listeners = new Set<() => void>()
   readonly #abort = new AbortController()
   readonly #offInterest: () => void
   #unpublish: (() => void) | undefined
+  readonly #unexpect: () => void
   #timer: NodeJS.Timeout | undefined
   #round = 0
   #ready: Promise<BlobGeometry | undefined>
@@ -133,8 +139,11 @@ class BlobSwarm implements BlobPeers {
     this.#size = size
     this.#onLeave = onLeave
     this.#offInterest = c.exchange.onInterest((peerId, d) => {
+      // It just asked us about this blob: it is fetching it too, whatever it said before.
+      this.#retryAt.delete(peerId)
       if (d === digest) void this.#connect({ peerId, addresses: [] })
     })
+    this.#unexpect = c.exchange.expect(digest)
     this.#ready = this.#discover()
   }
 
@@ -173,6 +182,7 @@ class BlobSwarm implements BlobPeers {
     clearTimeout(this.#timer)
     this.#abort.abort()
     this.#offInterest()
+    this.#unexpect()
     this.#unpublish?.()
     for (const s of this.#sessions.values()) void s.close()
     this.#sessions.clear()
@@ -182,8 +192,14 @@ class BlobSwarm implements BlobPeers {
 
   /** The first lookup: resolves with the geometry of the first session, or undefined. */
   async #discover(): Promise<BlobGeometry | undefined> {
+    // Peers that asked us for the blob first (they are fetching it), then neighbours: no DHT
+    // round trip, and in a flash crowd they are fetching it too.
+    const askers = this.#c.exchange.recentAskers(this.#digest)
+    const neighbours = [...new Set([...askers, ...this.#c.connectedPeers()])]
+      .slice(0, this.#init.maxPeers)
+      .map((peerId) => this.#connect({ peerId, addresses: [] }))
     const found = await this.#find()
-    const first = await firstOf(found.map((p) => this.#connect(p)))
+    const first = await firstOf([...neighbours, ...found.map((p) => this.#connect(p))])
     this.#schedule()
     if (first) return { size: first.size, pieceSize: first.pieceSize }
     const open = this.sessions()[0]
@@ -248,8 +264,17 @@ class BlobSwarm implements BlobPeers {
       this.#sessions.set(id, session)
       session.onEvent((e) => {
         if (e.type === 'closed' && this.#sessions.get(id) === session) {
+          this.#log.debug(
+            { digest: this.#digest, peer: id, err: session.closedBy?.message },
+            'peer session closed'
+          )
           this.#sessions.delete(id)
-          this.#retryAt.set(id, Date.now() + RETRY_PEER_MS)
+          // A session cut under us (a connection replaced, a peer restarting) is tried again
+          // at once, once; a peer that keeps failing waits for the next discovery round.
+          const again = !this.#reconnected.has(id)
+          this.#reconnected.add(id)
+          if (again && !this.#left) setTimeout(() => void this.#connect(peer), RECONNECT_MS).unref()
+          else this.#retryAt.set(id, Date.now() + RETRY_PEER_MS)
         }
         this.#changed()
       })
