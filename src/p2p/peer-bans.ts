@@ -7,8 +7,6 @@ export class PeerBans {
   readonly #until = new Map<string, number>()
   readonly #listeners = new Set<(peerId: string, reason: string) => void>()
   readonly #now: () => number
-  /** Bans made since start, by reason (for metrics). */
-  total = 0
 
   constructor(now: () => number = Date.now) {
     this.#now = now
@@ -18,7 +16,6 @@ export class PeerBans {
   ban(peerId: string, reason: string, ms: number): void {
     const until = this.#now() + ms
     if ((this.#until.get(peerId) ?? 0) < until) this.#until.set(peerId, until)
-    this.total++
     for (const fn of this.#listeners) fn(peerId, reason)
   }
 

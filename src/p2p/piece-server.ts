@@ -18,7 +18,7 @@ import {
 } from '../errors.ts'
 import type { TokenBucket } from '../fetch/token-bucket.ts'
 import type { LiveBlob, LiveBlobEvent } from '../interface/peers.ts'
-import type { BlobStore, Lease } from '../interface/store.ts'
+import type { BlobInfo, BlobStore, Lease } from '../interface/store.ts'
 import { Bitfield } from './bitfield.ts'
 import { closeWithLinger, sendFrame, toError, waitForDrain } from './stream-frames.ts'
 import { FrameDecoder, MAX_CONTROL_FRAME, type WireMessage } from './wire.ts'
@@ -174,7 +174,7 @@ export class ServedSession {
       const info = await store.stat(digest, { signal })
       if (this.#state !== 'preparing') return
       if (info?.complete) {
-        await this.#describeComplete(digest, signal)
+        await this.#describeComplete(info, signal)
         return
       }
       const live = await this.#init.live(digest)
@@ -191,12 +191,11 @@ export class ServedSession {
     }
   }
 
-  async #describeComplete(digest: string, signal: AbortSignal): Promise<void> {
-    const { store } = this.#init
-    const info = await store.stat(digest, { signal })
-    const pieces = info?.complete ? await store.pieces(digest, { signal }) : []
+  async #describeComplete(info: BlobInfo, signal: AbortSignal): Promise<void> {
+    const digest = info.digest
+    const pieces = await this.#init.store.pieces(digest, { signal })
     if (this.#state !== 'preparing') return
-    if (info === undefined || pieces.length !== info.pieceCount || pieces.some((p, i) => p.index !== i)) {
+    if (pieces.length !== info.pieceCount || pieces.some((p, i) => p.index !== i)) {
       this.#log.warn({ digest, held: pieces.length }, 'complete blob without all its pieces')
       this.#reject(0, BlobUnknownError.code)
       return
