@@ -150,12 +150,14 @@ class BlobSwarm implements BlobPeers {
   ready(options: AbortOptions = {}): Promise<BlobGeometry | undefined> {
     const { signal } = options
     if (signal === undefined) return this.#ready
-    return Promise.race([
-      this.#ready,
-      new Promise<undefined>((resolve) =>
-        signal.addEventListener('abort', () => resolve(undefined), { once: true })
-      )
-    ])
+    let onAbort: (() => void) | undefined
+    const aborted = new Promise<undefined>((resolve) => {
+      onAbort = () => resolve(undefined)
+      signal.addEventListener('abort', onAbort, { once: true })
+    })
+    return Promise.race([this.#ready, aborted]).finally(() => {
+      if (onAbort) signal.removeEventListener('abort', onAbort)
+    })
   }
 
   sessions(): PeerBlobSession[] {
