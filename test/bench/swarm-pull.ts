@@ -13,51 +13,15 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { streamAgent } from '../../src/cli/socket-client.ts'
-import type { PullEvent } from '../../src/fetch/image-puller.ts'
 import { generateSwarmKey } from '../../src/p2p/swarm-key.ts'
-import { removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
+import type { TestAgent } from '../harness/agent.ts'
 import { buildTestImages, type PushedImage, pushTestImages } from '../harness/images.ts'
 import { startRegistry, type TestRegistry } from '../harness/registry.ts'
+import { pull, startAgents, stopAgents } from './bench-agents.ts'
 import { barChartSvg } from './chart.ts'
 
 const NODES = Number(process.env.NODES ?? 4)
 const IMAGE = process.env.IMAGE ?? 'multi:v1'
-
-async function pull(
-  agent: TestAgent,
-  reference: string
-): Promise<{ ms: number; bytes: Record<string, number> }> {
-  const started = performance.now()
-  for await (const e of streamAgent<PullEvent>(agent.socket, '/v1/pull', { reference })) {
-    if (e.type === 'done')
-      return { ms: performance.now() - started, bytes: e.bytes as Record<string, number> }
-    if ((e as { type: string }).type === 'error') throw new Error(JSON.stringify(e))
-  }
-  throw new Error('pull ended without a result')
-}
-
-async function swarm(n: number, registry: TestRegistry, keyFile: string): Promise<TestAgent[]> {
-  const agents: TestAgent[] = []
-  for (let i = 0; i < n; i++) {
-    const bootstrap = i === 0 ? [] : ((await agents[0]?.status())?.swarm?.addresses ?? [])
-    agents.push(
-      await startAgent({
-        registries: { [registry.host]: { url: registry.url } },
-        built: true,
-        config: { swarm: { enabled: true, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap, keyFile } }
-      })
-    )
-  }
-  return agents
-}
-
-async function stopAll(agents: TestAgent[]): Promise<void> {
-  for (const a of agents) {
-    await a.stop()
-    await removeAgentDir(a)
-  }
-}
 
 function egress(registry: TestRegistry, image: PushedImage): number {
   return image.layers.reduce((n, l) => n + registry.bytesServed(l.digest), 0)
@@ -78,7 +42,7 @@ async function main(): Promise<void> {
     process.stdout.write(`image ${image.ref}: ${(size / 1e6).toFixed(1)} MB of layers; ${NODES} agents\n`)
 
     for (const setting of ['staggered', 'flash crowd'] as const) {
-      const agents = await swarm(NODES, registry, keyFile)
+      const agents = await startAgents(NODES, registry, { keyFile })
       try {
         registry.resetCounters()
         let crowd = agents
@@ -100,7 +64,7 @@ async function main(): Promise<void> {
           `${setting}: registry sent ${results[setting].egressMultiple}x the image; ${crowd.length} concurrent pulls, median ${results[setting].medianPullMs} ms; ${(100 * results[setting].fromPeers).toFixed(0)} % of their bytes from peers\n`
         )
       } finally {
-        await stopAll(agents)
+        await stopAgents(agents)
       }
     }
   } finally {
