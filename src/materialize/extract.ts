@@ -9,6 +9,7 @@ import {
   lutimes,
   mkdir,
   open,
+  readdir,
   rename,
   rm,
   symlink
@@ -54,7 +55,18 @@ export interface ExtractLayerOptions extends AbortOptions {
    * exists after a power loss also has all its data: a cache trusts what it finds in place.
    */
   durable?: boolean
+  /**
+   * What OCI whiteouts become (default `'overlay'`). `'overlay'`: overlayfs whiteouts in a new
+   * directory, for a layer that overlayfs stacks on the ones below. `'delete'`: the layer is
+   * applied in place on the tree of the layers below it (an LVM snapshot of its parent):
+   * `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties its directory, keeping in both cases
+   * what this layer itself wrote.
+   */
+  whiteouts?: WhiteoutMode
 }
+
+/** How a layer's whiteouts are applied: see `ExtractLayerOptions.whiteouts`. */
+export type WhiteoutMode = 'overlay' | 'delete'
 
 /** What an extraction wrote. */
 export interface ExtractLayerResult {
@@ -79,31 +91,56 @@ export interface ExtractLayerResult {
  * and renamed to `dir` only on success; on any failure the temporary tree is removed and `dir`
  * is left as it was. If `dir` appeared meanwhile (a concurrent extraction won), the rename's
  * `ENOTEMPTY` error is thrown as is, the temporary tree removed.
+ *
+ * With `whiteouts: 'delete'` the layer is applied instead on the existing directory `dir`,
+ * holding the tree of the layers below, with the same checks; nothing is written through a
+ * symlink of that tree either (a lower symlink or file where this layer has a directory is
+ * replaced by the directory, as an overlay would show it). There is no temporary tree: a
+ * failure leaves `dir` half changed, for the caller to throw away (a snapshot volume).
  */
 export async function extractLayer(
   source: AsyncIterable<Uint8Array>,
   dir: string,
   options: ExtractLayerOptions = {}
 ): Promise<ExtractLayerResult> {
+  if (options.whiteouts === 'delete') {
+    if (!(await lstatIfAny(dir))?.isDirectory()) throw new Error(`no directory ${dir} to apply a layer on`)
+    return writeLayer(source, dir, options).catch((err) => {
+      throw diskFull(err, dir)
+    })
+  }
   const tmp = `${dir}.tmp-${randomBytes(6).toString('hex')}`
   await mkdir(tmp, { mode: 0o700 })
   try {
-    const writer = new LayerWriter(tmp, options)
-    for await (const entry of readTar(decompressLayer(source))) {
-      options.signal?.throwIfAborted()
-      await writer.add(entry)
-    }
-    const result = await writer.finish()
-    if (options.durable) await (options.runner ?? execFileRunner).run('sync', ['-f', tmp], options)
+    const result = await writeLayer(source, tmp, options)
     await rename(tmp, dir)
     return result
   } catch (err) {
     await rm(tmp, { recursive: true, force: true })
-    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
-      throw new DiskFullError(`no space left extracting a layer into ${dir}`, { cause: err })
-    }
-    throw err
+    throw diskFull(err, dir)
   }
+}
+
+/** Writes the layer's entries under `root`, then flushes them if asked to. */
+async function writeLayer(
+  source: AsyncIterable<Uint8Array>,
+  root: string,
+  options: ExtractLayerOptions
+): Promise<ExtractLayerResult> {
+  const writer = new LayerWriter(root, options)
+  for await (const entry of readTar(decompressLayer(source))) {
+    options.signal?.throwIfAborted()
+    await writer.add(entry)
+  }
+  const result = await writer.finish()
+  if (options.durable) await (options.runner ?? execFileRunner).run('sync', ['-f', root], options)
+  return result
+}
+
+/** `ENOSPC` as `DiskFullError`; anything else as it is. */
+function diskFull(err: unknown, dir: string): unknown {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') return err
+  return new DiskFullError(`no space left extracting a layer into ${dir}`, { cause: err })
 }
 
 /** Writes the entries of one layer under a private root, checking each before it is written. */
@@ -112,6 +149,13 @@ class LayerWriter {
   readonly #runner: CommandRunner
   readonly #maxEntryBytes: number
   readonly #signal: AbortSignal | undefined
+  /** Applying in place on the layers below (`whiteouts: 'delete'`) rather than into a new tree. */
+  readonly #inPlace: boolean
+  /**
+   * Paths this layer wrote (or listed, for a directory that was there): in place, a whiteout
+   * deletes only what the layers below left, never these.
+   */
+  readonly #mine = new Set<string>()
   /** Relative paths checked to be real directories (not symlinks): each is checked once. */
   readonly #dirs = new Set<string>()
   /** Non-directories written so far: the only valid hard-link targets. */
@@ -126,6 +170,7 @@ class LayerWriter {
     this.#runner = options.runner ?? execFileRunner
     this.#maxEntryBytes = options.maxEntryBytes ?? MAX_LAYER_ENTRY_BYTES
     this.#signal = options.signal
+    this.#inPlace = options.whiteouts === 'delete'
   }
 
   /** Checks and writes one entry, reading its data. */
@@ -146,7 +191,8 @@ class LayerWriter {
       if (type !== 'directory') throw new UnsafeLayerError(`the layer root is a ${type}, not a directory`)
       this.#dirMeta.set('', meta)
     } else if (base.startsWith(WHITEOUT_PREFIX)) {
-      await this.#whiteout(parts, name, meta)
+      if (this.#inPlace) await this.#deleteLower(parts, name)
+      else await this.#whiteout(parts, name, meta)
     } else {
       await this.#create(parts, header, meta, body)
     }
@@ -156,7 +202,7 @@ class LayerWriter {
 
   /** Applies the directories' metadata, then returns what was written. */
   async finish(): Promise<ExtractLayerResult> {
-    if (!this.#dirMeta.has('')) await chmod(this.#root, 0o755)
+    if (!this.#dirMeta.has('') && !this.#inPlace) await chmod(this.#root, 0o755)
     for (const [rel, meta] of [...this.#dirMeta].reverse()) await this.#apply(join(this.#root, rel), meta)
     return { entries: this.#entries, bytes: this.#bytes }
   }
@@ -170,10 +216,12 @@ class LayerWriter {
       // A directory listed twice keeps its contents; anything else is replaced, never followed.
       if (existing.isDirectory() && header.type === 'directory') {
         this.#dirMeta.set(rel, meta)
+        this.#mine.add(rel)
         return
       }
-      await this.#remove(rel, path)
+      await this.#remove(rel, path, existing.isDirectory())
     }
+    this.#mine.add(rel)
     switch (header.type) {
       case 'directory':
         await mkdir(path, { mode: 0o700 })
@@ -254,7 +302,13 @@ class LayerWriter {
       rel = rel === '' ? c : `${rel}/${c}`
       if (this.#dirs.has(rel)) continue
       const abs = join(this.#root, rel)
-      const st = await lstatIfAny(abs)
+      let st = await lstatIfAny(abs)
+      if (st && !st.isDirectory() && this.#inPlace && implicit && !this.#mine.has(rel)) {
+        // A lower layer's symlink or file where this layer has a directory: the directory
+        // replaces it, as it would hide it in an overlay; nothing is written through it.
+        await this.#remove(rel, abs, false)
+        st = undefined
+      }
       if (st?.isSymbolicLink()) {
         throw new UnsafeLayerError(
           `entry ${JSON.stringify(name)} would be written through the symlink ${rel}`
@@ -267,17 +321,101 @@ class LayerWriter {
         if (!implicit) throw new UnsafeLayerError(`entry ${JSON.stringify(name)}: ${rel} does not exist`)
         await mkdir(abs, { mode: 0o700 })
         this.#dirMeta.set(rel, { ...implicit, uid: 0, gid: 0, mode: 0o755, xattrs: [] })
+        this.#mine.add(rel)
       }
       this.#dirs.add(rel)
     }
     return join(this.#root, ...parts.slice(0, -1))
   }
 
-  /** Removes what an entry replaces, and forgets it and everything under it. */
-  async #remove(rel: string, path: string) {
+  /**
+   * In place: `.wh..wh..opq` empties its directory of what the layers below left there,
+   * `.wh.<name>` deletes `<name>`; what this layer wrote stays (the OCI rule: a whiteout hides
+   * the layers below only). A whiteout of something the tree does not have does nothing.
+   */
+  async #deleteLower(parts: string[], name: string) {
+    const base = parts.at(-1) as string
+    const opaque = base === OPAQUE_MARKER
+    // Other `.wh..wh.` names are AUFS bookkeeping (`.wh..wh.plnk`), meaningless here too.
+    if (!opaque && base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return
+    const hidden = base.slice(WHITEOUT_PREFIX.length)
+    if (!opaque && (hidden === '' || hidden === '.' || hidden === '..')) {
+      throw new UnsafeLayerError(`whiteout ${JSON.stringify(name)} names no file`)
+    }
+    if (!(await this.#existingParent(parts, name))) return
+    const dirRel = parts.slice(0, -1).join('/')
+    if (opaque) {
+      await this.#clearLower(dirRel, this.#mineAncestors())
+      return
+    }
+    const rel = dirRel === '' ? hidden : `${dirRel}/${hidden}`
+    if (this.#mine.has(rel)) return
+    const path = join(this.#root, rel)
+    const st = await lstatIfAny(path)
+    if (!st) return
+    const kept = st.isDirectory() ? this.#mineAncestors() : undefined
+    if (kept?.has(rel)) await this.#clearLower(rel, kept)
+    else await this.#remove(rel, path, st.isDirectory())
+  }
+
+  /**
+   * In place, for a whiteout: the entry's parent directory when the tree has it as a chain of
+   * real directories, or undefined (a missing directory, a lower symlink or file: nothing
+   * there to delete). This layer's own symlink or file in the chain is refused, as anywhere.
+   */
+  async #existingParent(parts: string[], name: string): Promise<string | undefined> {
+    let rel = ''
+    for (const c of parts.slice(0, -1)) {
+      rel = rel === '' ? c : `${rel}/${c}`
+      if (this.#dirs.has(rel)) continue
+      const st = await lstatIfAny(join(this.#root, rel))
+      if (!st) return undefined
+      if (!st.isDirectory()) {
+        if (!this.#mine.has(rel)) return undefined
+        const what = st.isSymbolicLink() ? 'would be written through the symlink' : 'has the non-directory'
+        throw new UnsafeLayerError(`entry ${JSON.stringify(name)} ${what} ${rel}`)
+      }
+      this.#dirs.add(rel)
+    }
+    return join(this.#root, ...parts.slice(0, -1))
+  }
+
+  /** Removes from directory `rel` what the layers below left, down to what this layer wrote. */
+  async #clearLower(rel: string, kept: Set<string>) {
+    const dir = join(this.#root, rel)
+    for (const child of await readdir(dir)) {
+      const childRel = rel === '' ? child : `${rel}/${child}`
+      const path = join(dir, child)
+      const isDirectory = (await lstat(path)).isDirectory()
+      if (!this.#mine.has(childRel) && !kept.has(childRel)) await this.#remove(childRel, path, isDirectory)
+      else if (isDirectory) await this.#clearLower(childRel, kept)
+    }
+  }
+
+  /** The directories above what this layer wrote. */
+  #mineAncestors(): Set<string> {
+    const out = new Set<string>()
+    for (const p of this.#mine) {
+      for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) {
+        const a = p.slice(0, i)
+        if (out.has(a)) break
+        out.add(a)
+      }
+    }
+    return out
+  }
+
+  /**
+   * Removes what an entry replaces, and forgets it and everything under it (only a directory
+   * has anything under it: in place, files of the layers below are replaced by the thousand).
+   */
+  async #remove(rel: string, path: string, isDirectory = true) {
     await rm(path, { recursive: true, force: true })
+    for (const set of [this.#dirs, this.#files, this.#mine]) set.delete(rel)
+    this.#dirMeta.delete(rel)
+    if (!isDirectory) return
     const under = `${rel}/`
-    for (const set of [this.#dirs, this.#files]) {
+    for (const set of [this.#dirs, this.#files, this.#mine]) {
       for (const p of set) if (p === rel || p.startsWith(under)) set.delete(p)
     }
     for (const p of this.#dirMeta.keys()) if (p === rel || p.startsWith(under)) this.#dirMeta.delete(p)

@@ -1,5 +1,16 @@
 import assert from 'node:assert/strict'
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises'
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  writeFile as writeFileFs
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -285,5 +296,155 @@ describe('extractLayer', () => {
       await extractLayer(chunked(gzipSync(tar.subarray(0, 3 * 512 + 1000)), 100), layer)
       assert.equal(await readFile(join(layer, 'z'), 'utf8'), 'z'.repeat(1000))
     })
+  })
+})
+
+describe("extractLayer with whiteouts: 'delete' (in place, on the layers below)", () => {
+  let base: string
+  let n = 0
+  const mtime = new Date('2024-01-01T00:00:00Z')
+  /** The lower layers' tree, extracted the ordinary way, and a directory outside it. */
+  const lower = async () => {
+    const parent = join(base, `case-${n++}`)
+    await mkdir(join(parent, 'outside'), { recursive: true })
+    const root = join(parent, 'root')
+    const outside = join(parent, 'outside')
+    await extractLayer(
+      chunked(
+        await tarOf([
+          dir('etc/', { mode: 0o755 }),
+          file('etc/passwd', 'root:x:0:0'),
+          file('etc/gone', 'lower'),
+          dir('var/', { mode: 0o700, uid: 7, gid: 7 }),
+          dir('var/cache/'),
+          file('var/cache/a', 'a'),
+          file('var/cache/sub/b', 'b'),
+          file('var/keep', 'keep'),
+          dir('tree/'),
+          file('tree/x/y', 'y'),
+          symlink('lib', 'usr/lib'),
+          file('usr/lib/libc.so', 'libc'),
+          symlink('escape', outside),
+          file('was-file', 'f'),
+          dir('was-dir/'),
+          file('was-dir/inner', 'i')
+        ]),
+        512
+      ),
+      root
+    )
+    await writeFileFs(join(outside, 'victim'), 'safe')
+    return { root, outside }
+  }
+  const apply = (root: string, entries: TarSpec[]) =>
+    tarOf(entries).then((tar) => extractLayer(chunked(tar, 700), root, { whiteouts: 'delete' }))
+  const ls = async (path: string) => (await readdir(path)).sort()
+
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), 'shoal-apply-'))
+  })
+  after(async () => {
+    await rm(base, { recursive: true, force: true })
+  })
+
+  it('deletes whited-out files and directories of the layers below', async () => {
+    const { root } = await lower()
+    await apply(root, [file('etc/.wh.gone', ''), file('.wh.tree', ''), file('etc/new', 'new')])
+    assert.deepEqual(await ls(join(root, 'etc')), ['new', 'passwd'])
+    assert.ok(!(await ls(root)).includes('tree'))
+    assert.equal(await readFile(join(root, 'etc/passwd'), 'utf8'), 'root:x:0:0')
+  })
+
+  it('empties an opaque directory of what was below, keeping what the layer wrote', async () => {
+    const { root } = await lower()
+    await apply(root, [
+      file('var/cache/mine-before', 'm'),
+      file('var/cache/.wh..wh..opq', ''),
+      file('var/cache/mine-after', 'm')
+    ])
+    assert.deepEqual(await ls(join(root, 'var/cache')), ['mine-after', 'mine-before'])
+    assert.deepEqual(await ls(join(root, 'var')), ['cache', 'keep'])
+    const v = await stat(join(root, 'var'))
+    assert.deepEqual([v.mode & 0o7777, v.uid], [0o700, 7], 'a directory not listed keeps its metadata')
+  })
+
+  it('clears lower content below a directory the layer lists, inside an opaque one', async () => {
+    const { root } = await lower()
+    await apply(root, [dir('var/', { mode: 0o750 }), dir('var/cache/'), file('var/.wh..wh..opq', '')])
+    assert.deepEqual(await ls(join(root, 'var')), ['cache'])
+    assert.deepEqual(await ls(join(root, 'var/cache')), [])
+    assert.equal((await stat(join(root, 'var'))).mode & 0o7777, 0o750)
+  })
+
+  it("keeps the layer's own file that a later whiteout names", async () => {
+    const { root } = await lower()
+    await apply(root, [file('etc/mine', 'kept'), file('etc/.wh.mine', ''), file('etc/.wh.passwd', '')])
+    assert.deepEqual(await ls(join(root, 'etc')), ['gone', 'mine'])
+  })
+
+  it('keeps what the layer wrote inside a whited-out lower directory', async () => {
+    const { root } = await lower()
+    await apply(root, [file('tree/x/mine', 'm'), file('.wh.tree', '')])
+    assert.deepEqual(await ls(join(root, 'tree')), ['x'])
+    assert.deepEqual(await ls(join(root, 'tree/x')), ['mine'])
+  })
+
+  it('replaces a lower symlink in an entry path with a directory, never writing through it', async () => {
+    const { root, outside } = await lower()
+    await apply(root, [file('escape/victim', 'owned'), file('lib/new.so', 'n')])
+    assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'safe')
+    assert.ok((await lstat(join(root, 'escape'))).isDirectory())
+    assert.deepEqual(await ls(join(root, 'lib')), ['new.so'])
+    assert.equal((await stat(join(root, 'lib'))).mode & 0o7777, 0o755)
+    assert.deepEqual(await ls(join(root, 'usr/lib')), ['libc.so'])
+  })
+
+  it('deletes nothing through a lower symlink, nor creates a directory for a whiteout', async () => {
+    const { root, outside } = await lower()
+    await apply(root, [
+      file('escape/.wh.victim', ''),
+      file('nodir/.wh.x', ''),
+      file('escape/.wh..wh..opq', '')
+    ])
+    assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'safe')
+    assert.ok((await lstat(join(root, 'escape'))).isSymbolicLink())
+    assert.ok(!(await ls(root)).includes('nodir'))
+  })
+
+  it('replaces a lower file by a directory and a lower directory by a file', async () => {
+    const { root } = await lower()
+    await apply(root, [dir('was-file/'), file('was-file/in', 'i'), file('was-dir', 'now a file')])
+    assert.deepEqual(await ls(join(root, 'was-file')), ['in'])
+    assert.equal(await readFile(join(root, 'was-dir'), 'utf8'), 'now a file')
+  })
+
+  it('keeps the root as it is unless the layer lists it', async () => {
+    const { root } = await lower()
+    await chmod(root, 0o711)
+    await apply(root, [file('a', 'a')])
+    assert.equal((await stat(root)).mode & 0o7777, 0o711)
+    await apply(root, [dir('./', { mode: 0o755, mtime })])
+    assert.equal((await stat(root)).mode & 0o7777, 0o755)
+    assert.equal((await stat(root)).mtime.getTime(), mtime.getTime())
+  })
+
+  const refusals: Array<[string, (outside: string) => TarSpec[]]> = [
+    ['a ../ path', () => [file('../x')]],
+    ['a hard link to a file of the layers below', () => [hardlink('h', 'etc/passwd')]],
+    ['a file through its own symlink', (outside) => [symlink('s', outside), file('s/victim', 'owned')]],
+    ['a whiteout through its own symlink', (outside) => [symlink('s', outside), file('s/.wh.victim', '')]],
+    ['a whiteout of ..', () => [file('etc/.wh...', '')]]
+  ]
+  for (const [name, entries] of refusals) {
+    it(`refuses ${name}`, async () => {
+      const { root, outside } = await lower()
+      await assert.rejects(apply(root, entries(outside)), UnsafeLayerError)
+      assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'safe')
+      assert.equal(await readFile(join(root, 'etc/passwd'), 'utf8'), 'root:x:0:0')
+    })
+  }
+
+  it('needs the directory of the layers below to exist', async () => {
+    await assert.rejects(apply(join(base, 'missing'), [file('a')]), /no directory/)
   })
 })
