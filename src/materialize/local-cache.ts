@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { digestHex } from '../content/digest.ts'
 import { AbortedError, BlobUnknownError, toShoalError } from '../errors.ts'
-import type { AbortOptions, Startable } from '../interface/common.ts'
+import type { AbortOptions } from '../interface/common.ts'
+import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
 import { type CommandRunner, execFileRunner } from './command-runner.ts'
 import { extractLayer } from './extract.ts'
@@ -40,11 +41,12 @@ const TMP_MARK = '.tmp-'
  * extraction is complete (it is renamed into place), so one found on disk, say after a restart,
  * is reused as it is.
  *
- * Layers are reference-counted: `materializeLayer` takes a reference, `release` gives it back,
- * and `prune` removes the layers no one holds. Concurrent calls for one digest share one
- * extraction.
+ * Layers are reference-counted: `materialize` (an image) and `materializeLayer` (one layer)
+ * take references, `release` and `releaseLayer` give them back, and `prune` removes the layers
+ * no one holds. Concurrent calls for one digest share one extraction.
  */
-export class LocalCacheMaterializer implements Startable {
+export class LocalCacheMaterializer implements Materializer {
+  readonly driver = 'local-cache' as const
   readonly #store: BlobStore
   readonly #log: Logger
   readonly #runner: CommandRunner
@@ -92,9 +94,9 @@ export class LocalCacheMaterializer implements Startable {
 
   /**
    * The directory of a layer, extracted from the store's complete blob if it is not already
-   * there, and takes a reference on it (give it back with `release`). Throws `BlobUnknownError`
-   * when the store has no complete blob, `UnsafeLayerError` for a layer that cannot be
-   * extracted safely. The caller's signal stops its wait, not an extraction others share.
+   * there, and takes a reference on it (give it back with `releaseLayer`). Throws
+   * `BlobUnknownError` when the store has no complete blob, `UnsafeLayerError` for a layer that
+   * cannot be extracted safely. The caller's signal stops its wait, not an extraction others share.
    */
   async materializeLayer(digest: string, options: AbortOptions = {}): Promise<string> {
     const path = this.layerPath(digest)
@@ -117,25 +119,42 @@ export class LocalCacheMaterializer implements Startable {
   }
 
   /**
-   * The lowerdirs of an image whose layers are `layerDigests` in manifest order (bottom first):
-   * top layer first, as overlayfs wants them. A digest listed twice appears once, at its
-   * topmost place (overlayfs refuses a directory twice; the lower copy could show nothing the
-   * upper one does not). Takes one reference per distinct layer (give them back with
-   * `releaseImage`); if any layer fails, those taken are given back.
+   * Lays out an image whose layers are `layerDigests` in manifest order (bottom first). The
+   * lowerdirs are top layer first, as overlayfs wants them; a digest listed twice appears once,
+   * at its topmost place (overlayfs refuses a directory twice; the lower copy could show
+   * nothing the upper one does not). Takes one reference per distinct layer (give them back
+   * with `release`); if any layer fails, those taken are given back. `onProgress` is called as
+   * each distinct layer is ready.
    */
-  async materializeImage(layerDigests: readonly string[], options: AbortOptions = {}): Promise<string[]> {
+  async materialize(
+    layerDigests: readonly string[],
+    options: MaterializeOptions = {}
+  ): Promise<Materialization> {
     const layers = topmostFirst(layerDigests)
-    const results = await Promise.allSettled(layers.map((d) => this.materializeLayer(d, options)))
+    for (const d of layers) this.layerPath(d) // a bad digest fails before any work starts
+    const taken: string[] = []
+    const results = await Promise.allSettled(
+      layers.map(async (digest) => {
+        const path = await this.materializeLayer(digest, options)
+        taken.push(digest)
+        options.onProgress?.({ digest, done: taken.length, total: layers.length })
+        return path
+      })
+    )
     const failed = results.find((r) => r.status === 'rejected')
     if (failed) {
-      for (const [i, d] of layers.entries()) if (results[i]?.status === 'fulfilled') this.release(d)
+      for (const d of taken) this.releaseLayer(d)
       throw failed.reason
     }
-    return results.map((r) => (r as PromiseFulfilledResult<string>).value)
+    return {
+      driver: this.driver,
+      layers: layerDigests.map((digest) => ({ digest, path: this.layerPath(digest) })),
+      mount: { type: 'overlay', lowerdirs: results.map((r) => (r as PromiseFulfilledResult<string>).value) }
+    }
   }
 
   /** Gives back one reference on a layer; returns how many remain. */
-  release(digest: string): number {
+  releaseLayer(digest: string): number {
     const held = this.references(digest)
     if (held === 0) {
       this.#log.warn({ digest }, 'released a layer that holds no reference')
@@ -146,9 +165,9 @@ export class LocalCacheMaterializer implements Startable {
     return held - 1
   }
 
-  /** Gives back the references `materializeImage` took for these layers. */
-  releaseImage(layerDigests: readonly string[]): void {
-    for (const d of topmostFirst(layerDigests)) this.release(d)
+  /** Gives back the references `materialize` took for these layers. */
+  async release(layerDigests: readonly string[]): Promise<void> {
+    for (const d of topmostFirst(layerDigests)) this.releaseLayer(d)
   }
 
   /**

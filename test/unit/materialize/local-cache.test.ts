@@ -6,9 +6,10 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test'
 import { gzipSync } from 'node:zlib'
 import { pino } from 'pino'
 import { digestOf } from '../../../src/content/digest.ts'
-import { BlobUnknownError, UnsafeLayerError } from '../../../src/errors.ts'
+import { BlobUnknownError, InvalidDigestError, UnsafeLayerError } from '../../../src/errors.ts'
 import { putVerifiedBlob } from '../../../src/fetch/put-blob.ts'
 import type { ByteRange } from '../../../src/interface/common.ts'
+import type { MaterializeProgress } from '../../../src/interface/materializer.ts'
 import { LocalCacheMaterializer } from '../../../src/materialize/local-cache.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
 import { tarOf } from './tars.ts'
@@ -64,10 +65,10 @@ describe('LocalCacheMaterializer', () => {
     assert.equal(cache.references(digest), 2)
     await cache.materializeLayer(digest)
     assert.deepEqual(store.streamed, [digest], 'an extracted layer is reused')
-    assert.equal(cache.release(digest), 2)
-    assert.equal(cache.release(digest), 1)
-    assert.equal(cache.release(digest), 0)
-    assert.equal(cache.release(digest), 0, 'releasing too often is harmless')
+    assert.equal(cache.releaseLayer(digest), 2)
+    assert.equal(cache.releaseLayer(digest), 1)
+    assert.equal(cache.releaseLayer(digest), 0)
+    assert.equal(cache.releaseLayer(digest), 0, 'releasing too often is harmless')
   })
 
   it('reuses a layer extracted by an earlier process', async () => {
@@ -100,24 +101,48 @@ describe('LocalCacheMaterializer', () => {
     assert.equal(cache.references(digest), 0)
   })
 
-  it('gives the lowerdirs of an image top first, each layer once', async () => {
+  it('materializes an image: layers bottom first, lowerdirs top first, each layer once', async () => {
     const l1 = await layerOf(store, 'one', '1')
     const l2 = await layerOf(store, 'two', '2')
     const l3 = await layerOf(store, 'three', '3')
-    const dirs = await cache.materializeImage([l1, l2, l1, l3])
+    const progress: MaterializeProgress[] = []
+    const m = await cache.materialize([l1, l2, l1, l3], { onProgress: (p) => progress.push(p) })
+    assert.equal(m.driver, 'local-cache')
+    assert.equal(cache.driver, 'local-cache')
     assert.deepEqual(
-      dirs,
-      [l3, l1, l2].map((d) => cache.layerPath(d))
+      m.layers,
+      [l1, l2, l1, l3].map((digest) => ({ digest, path: cache.layerPath(digest) }))
     )
+    assert.deepEqual(m.mount, { type: 'overlay', lowerdirs: [l3, l1, l2].map((d) => cache.layerPath(d)) })
+    assert.deepEqual(
+      progress.map((p) => [p.done, p.total]),
+      [
+        [1, 3],
+        [2, 3],
+        [3, 3]
+      ]
+    )
+    assert.deepEqual(new Set(progress.map((p) => p.digest)), new Set([l1, l2, l3]))
     for (const d of [l1, l2, l3]) assert.equal(cache.references(d), 1)
-    cache.releaseImage([l1, l2, l1, l3])
+    await cache.materialize([l1, l2, l1, l3])
+    assert.deepEqual(store.streamed.sort(), [l1, l2, l3].sort(), 'a second materialize extracts nothing')
+    for (const d of [l1, l2, l3]) assert.equal(cache.references(d), 2)
+    await cache.release([l1, l2, l1, l3])
+    await cache.release([l1, l2, l1, l3])
     for (const d of [l1, l2, l3]) assert.equal(cache.references(d), 0)
   })
 
   it('gives back the references of an image when one layer fails', async () => {
     const good = await layerOf(store, 'good', 'g')
     const bad = await layerOf(store, '/etc/bad', 'b')
-    await assert.rejects(cache.materializeImage([good, bad]), UnsafeLayerError)
+    await assert.rejects(cache.materialize([good, bad]), UnsafeLayerError)
+    assert.equal(cache.references(good), 0)
+  })
+
+  it('refuses a malformed digest before extracting anything', async () => {
+    const good = await layerOf(store, 'good', 'g')
+    await assert.rejects(cache.materialize([good, 'sha256:1234']), InvalidDigestError)
+    assert.deepEqual(store.streamed, [])
     assert.equal(cache.references(good), 0)
   })
 
@@ -126,7 +151,7 @@ describe('LocalCacheMaterializer', () => {
     const dropped = await layerOf(store, 'dropped', 'd')
     await cache.materializeLayer(kept)
     await cache.materializeLayer(dropped)
-    cache.release(dropped)
+    cache.releaseLayer(dropped)
     assert.deepEqual(await cache.prune(), [dropped])
     assert.deepEqual(await readdir(join(dir, 'layers')), [kept.slice(7)])
     await cache.materializeLayer(dropped)
