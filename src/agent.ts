@@ -5,12 +5,16 @@ import { RegistryMirror } from './api/mirror.ts'
 import { SocketApi } from './api/socket-api.ts'
 import { systemClock } from './clock.ts'
 import type { ShoalConfig } from './config/schema.ts'
+import { ConfigInvalidError } from './errors.ts'
 import { BlobFetcher } from './fetch/blob-fetcher.ts'
 import { ImagePuller } from './fetch/image-puller.ts'
 import { ManifestResolver } from './fetch/manifests.ts'
 import { TokenBucket } from './fetch/token-bucket.ts'
 import type { Clock } from './interface/clock.ts'
 import type { Startable } from './interface/common.ts'
+import type { Materializer, MaterializerDriver } from './interface/materializer.ts'
+import type { BlobStore } from './interface/store.ts'
+import { LocalCacheMaterializer } from './materialize/local-cache.ts'
 import { parsePlatform } from './oci/platform.ts'
 import { StaticUpstreamResolver } from './registry/upstream-resolver.ts'
 import { LevelBlobStore } from './store/level-blob-store.ts'
@@ -18,6 +22,23 @@ import { Swarm } from './swarm.ts'
 
 /** The package version, shown by `shoal status`. */
 export const VERSION = '0.1.0'
+
+/** What every materializer is built from. */
+interface MaterializerParts {
+  store: BlobStore
+  logger: Logger
+  /** `materialize.dir`, or `<storeDir>/materialize`. */
+  dir: string
+}
+
+/**
+ * The materializers this agent can run, by `materialize.driver`. The LVM thin driver plugs in
+ * here (`'lvm-thin': (p) => new LvmThinMaterializer(...)`); until then an agent configured for
+ * it refuses to start with `CONFIG_INVALID`.
+ */
+const MATERIALIZERS: Partial<Record<MaterializerDriver, (parts: MaterializerParts) => Materializer>> = {
+  'local-cache': ({ store, logger, dir }) => new LocalCacheMaterializer({ store, logger }, { dir })
+}
 
 export interface AgentComponents {
   logger: Logger
@@ -37,6 +58,8 @@ export class Agent implements Startable {
   readonly fetcher: BlobFetcher
   readonly manifests: ManifestResolver
   readonly puller: ImagePuller
+  /** Lays out pulled images for mounting, as `materialize.driver` says. */
+  readonly materializer: Materializer
   readonly socket: SocketApi
   readonly mirror: RegistryMirror | undefined
   /** The swarm side (libp2p node, DHT, piece protocol) when `swarm.enabled`. */
@@ -97,6 +120,7 @@ export class Agent implements Startable {
       { manifests: this.manifests, fetcher: this.fetcher, clock, logger },
       { platform: config.platform ? parsePlatform(config.platform) : undefined }
     )
+    this.materializer = createMaterializer(config, { store: this.store, logger })
     const api = {
       store: this.store,
       fetcher: this.fetcher,
@@ -105,7 +129,7 @@ export class Agent implements Startable {
       metrics: this.metrics
     }
     this.socket = new SocketApi(
-      { ...api, puller: this.puller, clock },
+      { ...api, puller: this.puller, materializer: this.materializer, clock },
       { path: config.socket.path, mode: config.socket.mode, describe: () => this.describe() }
     )
     this.mirror = config.mirror.enabled
@@ -128,6 +152,7 @@ export class Agent implements Startable {
       socket: this.config.socket.path,
       mirror: this.mirror?.address ?? null,
       storeDir: this.config.storeDir,
+      materialize: { driver: this.materializer.driver, dir: materializeDir(this.config) },
       swarm: this.swarm?.describe() ?? null,
       memory: process.memoryUsage()
     }
@@ -140,6 +165,7 @@ export class Agent implements Startable {
     this.metrics.onScrape = () => this.#refreshStoreGauges()
     this.metrics.storeQuotaBytes.set(this.config.store.quota)
     await this.fetcher.start()
+    await this.materializer.start()
     await this.socket.start()
     await this.mirror?.start()
     this.#started = true
@@ -151,6 +177,7 @@ export class Agent implements Startable {
     this.#started = false
     await this.mirror?.stop()
     await this.socket.stop()
+    await this.materializer.stop()
     await this.fetcher.stop()
     await this.swarm?.stop()
     await this.upstreams.close()
@@ -164,4 +191,21 @@ export class Agent implements Startable {
     this.metrics.storeBlobs.set({ state: 'complete' }, u.completeBlobs)
     this.metrics.storeBlobs.set({ state: 'partial' }, u.blobs - u.completeBlobs)
   }
+}
+
+function materializeDir(config: ShoalConfig): string {
+  return config.materialize.dir ?? join(config.storeDir, 'materialize')
+}
+
+/** The materializer `materialize.driver` names; `CONFIG_INVALID` when none is wired for it. */
+function createMaterializer(config: ShoalConfig, parts: Omit<MaterializerParts, 'dir'>): Materializer {
+  const driver = config.materialize.driver
+  const create = MATERIALIZERS[driver]
+  if (!create) {
+    throw new ConfigInvalidError(
+      `materialize.driver is "${driver}", but this agent has no ${driver} materializer wired in ` +
+        `(available: ${Object.keys(MATERIALIZERS).join(', ')})`
+    )
+  }
+  return create({ ...parts, dir: materializeDir(config) })
 }

@@ -88,6 +88,8 @@ export const SwarmKeyInvalidError = define('SWARM_KEY_INVALID', 'SwarmKeyInvalid
  * the archive or its compression is malformed.
  */
 export const UnsafeLayerError = define('LAYER_UNSAFE', 'UnsafeLayerError')
+/** A release names an image or layer this agent holds no materialization of. */
+export const NotMaterializedError = define('NOT_MATERIALIZED', 'NotMaterializedError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -118,7 +120,8 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   INTERNAL: 500,
   PROTOCOL_VIOLATION: 502,
   SWARM_KEY_INVALID: 500,
-  LAYER_UNSAFE: 502
+  LAYER_UNSAFE: 502,
+  NOT_MATERIALIZED: 404
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */

@@ -11,11 +11,13 @@ import type { ImagePuller, PullEvent } from '../fetch/image-puller.ts'
 import type { ManifestResolver } from '../fetch/manifests.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { Startable } from '../interface/common.ts'
+import type { Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
 import { parsePlatform } from '../oci/platform.ts'
 import { parseReference } from '../oci/reference.ts'
 import { sendStoredBlob } from './blob-response.ts'
 import { closeServer, listen, parseRange, readBody, requestSignal, sendError, sendJson } from './http.ts'
+import { MaterializeRoutes } from './materialize-routes.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
 /** Largest range served on demand before its blob is complete; larger ones wait for the blob. */
@@ -26,6 +28,8 @@ export interface SocketApiComponents {
   fetcher: BlobFetcher
   puller: ImagePuller
   manifests: ManifestResolver
+  /** Lays out pulled images for mounting (`/v1/materialize`, `/v1/release`, `/v1/prune`). */
+  materializer: Materializer
   clock: Clock
   logger: Logger
   metrics: ShoalMetrics
@@ -41,13 +45,15 @@ export interface SocketApiInit {
 
 /**
  * The runtime-facing API on a unix socket (`curl --unix-socket`): pull with NDJSON progress,
- * blobs with Range (the asked-for range first), status, health and metrics.
+ * blobs with Range (the asked-for range first), materialize and release (see
+ * `MaterializeRoutes`), status, health and metrics.
  */
 export class SocketApi implements Startable {
   readonly #c: SocketApiComponents
   readonly #init: SocketApiInit
   readonly #log: Logger
   readonly #startedAt: number
+  readonly #materialize: MaterializeRoutes
   #server: Server | undefined
 
   constructor(components: SocketApiComponents, init: SocketApiInit) {
@@ -55,6 +61,7 @@ export class SocketApi implements Startable {
     this.#init = init
     this.#log = components.logger.child({ component: 'socket-api' })
     this.#startedAt = components.clock.now()
+    this.#materialize = new MaterializeRoutes(components)
   }
 
   async start(): Promise<void> {
@@ -132,6 +139,18 @@ export class SocketApi implements Startable {
       await this.#pull(req, res)
       return
     }
+    if (route === 'POST /v1/materialize') {
+      await this.#materialize.materialize(req, res)
+      return
+    }
+    if (route === 'POST /v1/release') {
+      await this.#materialize.release(req, res)
+      return
+    }
+    if (route === 'POST /v1/prune') {
+      await this.#materialize.prune(req, res)
+      return
+    }
     const blob = /^\/v1\/blobs\/([^/]+)$/.exec(url.pathname)
     if (blob && (req.method === 'GET' || req.method === 'HEAD')) {
       await this.#blob(req, res, parseDigest(decodeURIComponent(blob[1] ?? '')), url.searchParams)
@@ -154,7 +173,9 @@ export class SocketApi implements Startable {
       uptimeMs: this.#c.clock.now() - this.#startedAt,
       store: this.#c.store.usage(),
       transfers: this.#c.fetcher.status(),
-      bytes: { fetched, served }
+      bytes: { fetched, served },
+      materializer: this.#c.materializer.driver,
+      materializations: this.#materialize.list()
     }
   }
 

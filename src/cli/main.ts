@@ -2,7 +2,10 @@ import { Command } from 'commander'
 import { VERSION } from '../agent.ts'
 import { ShoalError } from '../errors.ts'
 import { agentCommand } from './agent-command.ts'
+import { materializeCommand } from './materialize-command.ts'
+import { pruneCommand } from './prune-command.ts'
 import { pullCommand } from './pull-command.ts'
+import { releaseCommand } from './release-command.ts'
 import { statusCommand } from './status-command.ts'
 
 const DEFAULT_SOCKET = process.env.SHOAL_SOCKET ?? '/run/shoal/shoal.sock'
@@ -44,6 +47,37 @@ program
       platform: o.platform,
       tty: o.progress ? undefined : false
     })
+  })
+
+program
+  .command('materialize')
+  .description('pull an image through the agent and lay it out for mounting; prints the mount spec')
+  .argument('<target>', 'image reference, or sha256:<hex> of one layer')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--platform <os/arch>', 'platform to pick from an index')
+  .option('--ref <registry/repository>', 'where to fetch a layer the store does not hold')
+  .option('--json', 'print only the result, as JSON')
+  .action(async (target: string, o: { socket: string; platform?: string; ref?: string; json?: boolean }) => {
+    await materializeCommand(target, o)
+  })
+
+program
+  .command('release')
+  .description('give back what one materialize of an image or layer took (layers stay until prune)')
+  .argument('<target>', 'image reference, or sha256:<hex> of one layer, as given to materialize')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (target: string, o: { socket: string; json?: boolean }) => {
+    await releaseCommand(target, o)
+  })
+
+program
+  .command('prune')
+  .description('remove every materialized layer no one holds')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (o: { socket: string; json?: boolean }) => {
+    await pruneCommand(o)
   })
 
 program

@@ -11,6 +11,13 @@ interface Status {
   store: { usedBytes: number; quotaBytes: number; blobs: number; completeBlobs: number }
   transfers: { digest: string; size: number; bytesHeld: number; piecesHeld: number; pieceCount: number }[]
   bytes: { fetched: Record<string, number>; served: Record<string, number> }
+  materializer?: string
+  materializations?: {
+    reference?: string
+    layer?: string
+    refs: number
+    materialization: { layers: unknown[] }
+  }[]
   swarm?: {
     peerId?: string
     addresses?: string[]
@@ -47,6 +54,13 @@ export async function statusCommand(socket: string, json: boolean, out = process
   for (const t of s.transfers) {
     lines.push(
       `    ${shortDigest(t.digest)} ${formatBytes(t.bytesHeld)} / ${formatBytes(t.size)} (${t.piecesHeld}/${t.pieceCount} pieces)`
+    )
+  }
+  const held = s.materializations ?? []
+  if (s.materializer) lines.push(`  materialized ${held.length} (${s.materializer})`)
+  for (const h of held) {
+    lines.push(
+      `    ${h.reference ?? shortDigest(h.layer ?? '')}: ${h.materialization.layers.length} layers, ${h.refs} refs`
     )
   }
   out.write(`${lines.join('\n')}\n`)

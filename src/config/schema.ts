@@ -147,6 +147,17 @@ export const configSchema = z.strictObject({
     .refine((s) => !s.enabled || s.keyFile !== undefined, {
       message: 'swarm.keyFile is required when the swarm is enabled'
     }),
+  materialize: z
+    .strictObject({
+      /**
+       * How images are laid out for mounting: `local-cache` (extracted layer directories for
+       * overlayfs) or `lvm-thin` (thin volumes; the agent refuses to start until one is wired).
+       */
+      driver: z.enum(['local-cache', 'lvm-thin']).default('local-cache'),
+      /** Where materialized layers live (unset: `<storeDir>/materialize`). */
+      dir: z.string().min(1).optional()
+    })
+    .prefault({}),
   /** Platform picked from image indexes, `os/arch[/variant]`; defaults to this machine's. */
   platform: z
     .string()
