@@ -46,6 +46,9 @@ function send(socketPath: string, method: string, path: string, body?: unknown) 
     const req = request(
       {
         socketPath,
+        // A fresh connection per call: a pooled one may have been closed by the agent's
+        // keep-alive timeout while this process was busy, and writing to it fails with EPIPE.
+        agent: false,
         method,
         path,
         headers: payload
