@@ -51,7 +51,8 @@ for d in proc sys dev; do
   mount --rbind "/$d" "$root/$d" || fail "cannot bind /$d"
 done
 mount -t tmpfs -o mode=755 run "$root/run" || fail "cannot mount the guest's /run"
-mount -t tmpfs -o mode=1777 tmp "$root/tmp" || fail "cannot mount the guest's /tmp"
+# /tmp stays the overlay's: a checkout under the host's /tmp must stay visible (writes go to
+# the tmpfs upper layer like everywhere else).
 chroot "$root" modprobe dm-thin-pool || fail "modprobe dm-thin-pool failed"
 mkdir -p "$root/mnt/shoal-out"
 # sync: what the command writes reaches the host at once, even if the guest is killed.

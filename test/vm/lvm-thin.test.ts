@@ -232,6 +232,8 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
 
   before(async () => {
     assertInsideGuest()
+    // The guest's root is an overlay on the host's: this removes nothing of the host's.
+    await rm(BASE, { recursive: true, force: true })
     await mkdir(BASE, { recursive: true })
     store = new LevelBlobStore(
       { clock: systemClock, logger },
