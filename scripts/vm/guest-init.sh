@@ -20,6 +20,8 @@ fail() {
   echo "guest-init: $*" >/dev/console
   [ -n "${out:-}" ] && [ -d "$out" ] && echo "guest-init: $*" >>"$out/output.log"
   poweroff
+  # Without /proc there is no sysrq: init exiting panics the kernel, which ends UML too.
+  exit 1
 }
 
 mount -t proc proc /proc || fail "cannot mount /proc"
