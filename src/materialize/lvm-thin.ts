@@ -100,11 +100,11 @@ export class LvmThinMaterializer implements Materializer {
     this.#lvm = new LvmCommands(this.#runner, init.vg)
     this.#containers = new LvmContainerVolumes(this.#lvm, this, this.#log)
     this.#init = {
-      pool: DEFAULT_LVM_POOL,
-      poolSize: DEFAULT_LVM_POOL_SIZE,
-      volumeSize: DEFAULT_LVM_VOLUME_SIZE,
-      fstype: 'ext4',
-      ...init
+      ...init,
+      pool: init.pool ?? DEFAULT_LVM_POOL,
+      poolSize: init.poolSize ?? DEFAULT_LVM_POOL_SIZE,
+      volumeSize: init.volumeSize ?? DEFAULT_LVM_VOLUME_SIZE,
+      fstype: init.fstype ?? 'ext4'
     }
   }
 
