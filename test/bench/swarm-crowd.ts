@@ -46,6 +46,8 @@ const SEED_RATE = Number(process.env.SEED_RATE ?? 8e6)
 /** Size of the blob the throughput test moves, and rounds of it. */
 const THROUGHPUT_BYTES = Number(process.env.THROUGHPUT_BYTES ?? 64 * MiB)
 const THROUGHPUT_ROUNDS = 3
+/** `ONLY=swarm`: the flash crowd alone, for quick iterations (nothing is written). */
+const SWARM_ONLY = process.env.ONLY === 'swarm'
 
 const log = (line: string) => process.stdout.write(`${line}\n`)
 
@@ -67,13 +69,20 @@ async function crowd(
   options: { keyFile?: string }
 ): Promise<CrowdResult> {
   const { proxy } = registry
-  const config = { fetch: { downloadRate: RATE }, swarm: { uploadRate: RATE } }
+  const config = {
+    fetch: { downloadRate: RATE },
+    swarm: { uploadRate: RATE },
+    ...(process.env.PIECE_SIZE && { store: { pieceSize: Number(process.env.PIECE_SIZE) } }),
+    // `LOGS=<dir>`: every agent logs at debug level, written there when the crowd is done.
+    ...(process.env.LOGS && { log: { level: 'debug' } })
+  }
   // The image names the registry; the agents reach it through the proxy.
   const agents = await startAgents(NODES, { host: registry.host, url: proxy.url }, { ...options, config })
   try {
     proxy.resetCounters()
     let finished = 0
     const started = performance.now()
+    const wallStart = Date.now()
     const progress = setInterval(() => {
       const s = ((performance.now() - started) / 1000).toFixed(0)
       log(`  ${label}: ${finished}/${NODES} done after ${s} s`)
@@ -89,6 +98,7 @@ async function crowd(
     const times = pulls.map((p) => p.ms / 1000)
     const peerBytes = pulls.reduce((n, p) => n + (p.bytes.peer ?? 0), 0)
     const egress = layers.reduce((n, d) => n + proxy.blobBytes(d), 0)
+    if (options.keyFile) describeRequests(proxy, layers, wallStart)
     return {
       egressMultiple: egress / size,
       p50: quantile(times, 0.5),
@@ -97,6 +107,11 @@ async function crowd(
       fromPeers: peerBytes / (size * NODES)
     }
   } finally {
+    if (process.env.LOGS) {
+      await mkdir(process.env.LOGS, { recursive: true })
+      for (const [i, a] of agents.entries())
+        await writeFile(join(process.env.LOGS, `${label}-${i}.log`), a.logs())
+    }
     await stopAgents(agents)
   }
 }
@@ -202,7 +217,7 @@ async function main(): Promise<void> {
   await writeFile(keyFile, generateSwarmKey(), { mode: 0o600 })
 
   log('peer-to-peer throughput, pieces against a raw libp2p stream (separate processes) ...')
-  const tp = await throughput(dir, keyFile)
+  const tp = SWARM_ONLY ? { raw: Number.NaN, pieces: Number.NaN } : await throughput(dir, keyFile)
   const ratio = tp.pieces / tp.raw
   log(
     `throughput: raw ${tp.raw.toFixed(0)} MB/s, pieces ${tp.pieces.toFixed(0)} MB/s, ratio ${ratio.toFixed(2)} (goal >= 0.8)`
@@ -227,7 +242,9 @@ async function main(): Promise<void> {
       `image ${image.ref}: ${(size / 1e6).toFixed(1)} MB of layers; ${NODES} agents at ${(RATE / 1e6).toFixed(1)} MB/s up and down, registry ${(SEED_RATE / 1e6).toFixed(1)} MB/s; T_min ${tMin.toFixed(1)} s`
     )
     log('baseline: every agent pulls straight from the registry ...')
-    baseline = await crowd('baseline', image.ref, size, { host: registry.host, proxy }, layers, {})
+    baseline = SWARM_ONLY
+      ? { egressMultiple: Number.NaN, p50: Number.NaN, p99: Number.NaN, times: [], fromPeers: 0 }
+      : await crowd('baseline', image.ref, size, { host: registry.host, proxy }, layers, {})
     log('swarm: a flash crowd ...')
     swarm = await crowd('swarm', image.ref, size, { host: registry.host, proxy }, layers, { keyFile })
   } finally {
@@ -254,6 +271,7 @@ async function main(): Promise<void> {
     `goals: egress <= 1.2 ${mark(goals.egress)}, p50 <= 1.3 T_min ${mark(goals.p50)}, p99 <= 2 T_min ${mark(goals.p99)}, throughput ratio >= 0.8 ${mark(goals.throughput)}`
   )
 
+  if (SWARM_ONLY) return
   const out = new URL('./results/', import.meta.url)
   await mkdir(out, { recursive: true })
   const round = (r: CrowdResult) => ({
@@ -306,6 +324,33 @@ async function main(): Promise<void> {
       ]
     })
   )
+}
+
+/** Where the registry's bytes went: requests, ranges sent more than once, requests cut short. */
+function describeRequests(proxy: ThrottleProxy, layers: string[], t0: number): void {
+  const reqs = proxy.blobRequests().filter((r) => layers.includes(r.digest))
+  const byRange = new Map<string, typeof reqs>()
+  for (const r of reqs) {
+    const key = `${r.digest.slice(7, 15)} ${r.range ?? 'all'}`
+    byRange.set(key, [...(byRange.get(key) ?? []), r])
+  }
+  const repeated = [...byRange].filter(([, rs]) => rs.length > 1)
+  const cut = reqs.filter((r) => {
+    const m = /bytes=(\d+)-(\d+)/.exec(r.range ?? '')
+    return m && r.bytes < Number(m[2]) - Number(m[1]) + 1
+  })
+  log(
+    `  registry: ${reqs.length} blob requests, ${repeated.length} ranges sent more than once, ${cut.length} cut short`
+  )
+  if (process.env.VERBOSE) {
+    for (const [key, rs] of repeated) {
+      const when = rs.map(
+        (r) =>
+          `${((r.startedAt - t0) / 1000).toFixed(1)}-${(((r.endedAt ?? 0) - t0) / 1000).toFixed(1)}s ${(r.bytes / 1e6).toFixed(1)}MB`
+      )
+      log(`    ${key}: ${when.join(', ')}`)
+    }
+  }
 }
 
 function mark(ok: boolean): string {

@@ -11,8 +11,18 @@ export interface ThrottleProxy {
   blobBytes(digest: string): number
   /** Change the rate (bytes per second, shared by all responses); 0 = unlimited. */
   setRate(bytesPerSecond: number): void
+  /** Every blob GET since the last reset: its Range header, bytes sent, and when (ms). */
+  blobRequests(): BlobRequest[]
   resetCounters(): void
   stop(): Promise<void>
+}
+
+export interface BlobRequest {
+  digest: string
+  range: string | undefined
+  bytes: number
+  startedAt: number
+  endedAt: number | undefined
 }
 
 const BLOB_PATH = /\/blobs\/(sha256:[a-f0-9]{64})/
@@ -32,9 +42,10 @@ export async function startThrottleProxy(
   let rate = bytesPerSecond
   let shared = Date.now()
   const counts = new Map<string, number>()
+  let requests: BlobRequest[] = []
   const sockets = new Set<Socket>()
 
-  const throttle = (digest: string | undefined) => {
+  const throttle = (digest: string | undefined, record: BlobRequest | undefined) => {
     // Each response has a link of its own (`perResponse`: a registry or CDN that caps each
     // connection), or all share one (a slow uplink).
     let own = Date.now()
@@ -59,6 +70,7 @@ export async function startThrottleProxy(
           }
           const send = () => {
             if (digest) counts.set(digest, (counts.get(digest) ?? 0) + s.length)
+            if (record) record.bytes += s.length
             this.push(s)
             push()
           }
@@ -75,12 +87,22 @@ export async function startThrottleProxy(
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const digest = BLOB_PATH.exec(req.url ?? '')?.[1]
+    const record: BlobRequest | undefined =
+      digest && req.method === 'GET'
+        ? { digest, range: req.headers.range, bytes: 0, startedAt: Date.now(), endedAt: undefined }
+        : undefined
+    if (record) requests.push(record)
+    res.once('close', () => {
+      if (record) record.endedAt = Date.now()
+    })
     const headers = { ...req.headers, host: upstream.host }
     const out = request(
       { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers },
       (up) => {
         res.writeHead(up.statusCode ?? 502, up.headers)
-        pipeline(up, throttle(req.method === 'GET' ? digest : undefined), res).catch(() => res.destroy())
+        pipeline(up, throttle(req.method === 'GET' ? digest : undefined, record), res).catch(() =>
+          res.destroy()
+        )
       }
     )
     out.on('error', () => {
@@ -102,7 +124,11 @@ export async function startThrottleProxy(
     setRate: (r) => {
       rate = r
     },
-    resetCounters: () => counts.clear(),
+    blobRequests: () => requests,
+    resetCounters: () => {
+      counts.clear()
+      requests = []
+    },
     stop: async () => {
       for (const s of sockets) s.destroy()
       await new Promise<void>((r) => server.close(() => r()))
