@@ -89,6 +89,10 @@ export const DEFAULT_ALLOW_NETWORKS = ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipci
 const DEFAULT_INBOUND_CONNECTION_THRESHOLD = 100
 // kad-dht's defaults (32 in / 64 out per connection) make bulk provides fail silently.
 const DHT_MAX_STREAMS = 512
+// Ping streams per connection, each way (the default, one, makes the connection monitor fail).
+const PING_MAX_STREAMS = 4
+// The connection monitor cuts a connection whose ping takes longer than this (default 5 s).
+const PING_MIN_TIMEOUT_MS = 20_000
 // A paused stream with libp2p's 4 MiB read buffer overflows yamux's 16 MiB window (the recipe).
 const YAMUX_MAX_READ_BUFFER = 32 * 2 ** 20
 // Bounds the dial of a peer found by mDNS: an address from another swarm can hang a Noise
@@ -186,6 +190,8 @@ export class SwarmNode implements Startable {
         streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: YAMUX_MAX_READ_BUFFER } })],
         connectionProtector: preSharedKey({ psk: this.#swarmKey }),
         connectionGater: allowListGater(init.allowPeers),
+        // A connection busy with pieces answers pings late: a slow ping is no reason to cut it.
+        connectionMonitor: { pingTimeout: { minTimeout: PING_MIN_TIMEOUT_MS } },
         connectionManager: {
           allow: init.allowNetworks ?? DEFAULT_ALLOW_NETWORKS,
           inboundConnectionThreshold: init.inboundConnectionThreshold ?? DEFAULT_INBOUND_CONNECTION_THRESHOLD
@@ -193,7 +199,11 @@ export class SwarmNode implements Startable {
         peerDiscovery,
         services: {
           identify: identify(),
-          ping: ping(),
+          // libp2p's connection monitor pings every connection every 10 s over this protocol and
+          // aborts the connection when the ping cannot open a stream; with the default cap of one
+          // outbound ping stream it often cannot (another ping still open), and every session on
+          // the connection died with it.
+          ping: ping({ maxOutboundStreams: PING_MAX_STREAMS, maxInboundStreams: PING_MAX_STREAMS }),
           dht: kadDHT({
             protocol: `${prefix}/kad/1.0.0`,
             // kad-dht stays a client (answers nothing) until it sees a public address: on a LAN
@@ -211,6 +221,13 @@ export class SwarmNode implements Startable {
         throw new InternalError(`libp2p chose peer id ${node.peerId} for a key whose id is ${this.peerId}`)
       }
       lan?.addEventListener('peer', (evt) => this.#dialDiscovered(node, evt.detail))
+      node.addEventListener('connection:close', (evt) => {
+        const c = evt.detail
+        this.#log.debug(
+          { peer: c.remotePeer.toString(), direction: c.direction, streams: c.streams.length },
+          'connection closed'
+        )
+      })
       await node.start()
       this.#libp2p = node
       this.#datastore = datastore
