@@ -23,7 +23,7 @@ async function waitFor(what: string, check: () => boolean, timeoutMs = 10_000): 
   }
 }
 
-describe('SwarmNode and DhtContentRouting on loopback', { timeout: 30_000 }, () => {
+describe('SwarmNode and DhtContentRouting on loopback', { timeout: 60_000 }, () => {
   let dir: string
   const swarmKey = parseSwarmKey(generateSwarmKey())
   const nodes: SwarmNode[] = []
@@ -144,6 +144,23 @@ describe('SwarmNode and DhtContentRouting on loopback', { timeout: 30_000 }, () 
     assert.deepEqual(picky.peers(), [nodes[0]!.peerId])
     assert.ok(!nodes[1]!.peers().includes(picky.peerId))
     assert.ok(!nodes[2]!.peers().includes(picky.peerId))
+  })
+
+  it("a connection outlives libp2p's heartbeat while another ping stream is open", async () => {
+    // The connection monitor pings every connection every 10 s and aborts it when the ping
+    // cannot open a stream; a ping stream already open (a DHT check, a user's ping) used to make
+    // it fail, and every piece session on the connection died.
+    const a = await makeNode('heartbeat-a')
+    const b = await makeNode('heartbeat-b')
+    extra.push(a, b)
+    await b.dial(a.addresses()[0]!)
+    const held = await b.libp2p.dialProtocol(a.libp2p.peerId, '/ipfs/ping/1.0.0')
+    const [conn] = b.libp2p.getConnections(a.libp2p.peerId)
+    assert.ok(conn)
+    await sleep(11_000)
+    assert.equal(conn.status, 'open')
+    assert.deepEqual(b.peers(), [a.peerId])
+    held.abort(new Error('done'))
   })
 
   it('a restarted node keeps its peer id (same key file) and its datastore', async () => {
