@@ -14,7 +14,9 @@ import type { Clock } from './interface/clock.ts'
 import type { Startable } from './interface/common.ts'
 import type { Materializer, MaterializerDriver } from './interface/materializer.ts'
 import type { BlobStore } from './interface/store.ts'
+import { assertDeviceMapper } from './materialize/device-mapper.ts'
 import { LocalCacheMaterializer } from './materialize/local-cache.ts'
+import { LvmThinMaterializer } from './materialize/lvm-thin.ts'
 import { parsePlatform } from './oci/platform.ts'
 import { StaticUpstreamResolver } from './registry/upstream-resolver.ts'
 import { LevelBlobStore } from './store/level-blob-store.ts'
@@ -29,15 +31,42 @@ interface MaterializerParts {
   logger: Logger
   /** `materialize.dir`, or `<storeDir>/materialize`. */
   dir: string
+  config: ShoalConfig['materialize']
 }
 
-/**
- * The materializers this agent can run, by `materialize.driver`. The LVM thin driver plugs in
- * here (`'lvm-thin': (p) => new LvmThinMaterializer(...)`); until then an agent configured for
- * it refuses to start with `CONFIG_INVALID`.
- */
-const MATERIALIZERS: Partial<Record<MaterializerDriver, (parts: MaterializerParts) => Materializer>> = {
-  'local-cache': ({ store, logger, dir }) => new LocalCacheMaterializer({ store, logger }, { dir })
+/** One `materialize.driver`: how to build it, and what the host must have for it. */
+interface MaterializerEntry {
+  create(parts: MaterializerParts): Materializer
+  /** Runs first in `start()`: throws a typed error when this host cannot run the driver. */
+  preflight?(): Promise<void>
+}
+
+/** The materializers this agent can run, by `materialize.driver`. */
+const MATERIALIZERS: Record<MaterializerDriver, MaterializerEntry> = {
+  'local-cache': {
+    create: ({ store, logger, dir }) => new LocalCacheMaterializer({ store, logger }, { dir })
+  },
+  'lvm-thin': {
+    create: ({ store, logger, dir, config }) => {
+      const lvm = config.lvm
+      // The schema refuses lvm-thin without materialize.lvm; this keeps the types honest.
+      if (!lvm) throw new ConfigInvalidError('materialize.driver lvm-thin needs materialize.lvm.volumeGroup')
+      return new LvmThinMaterializer(
+        { store, logger },
+        {
+          vg: lvm.volumeGroup,
+          pool: lvm.pool,
+          device: lvm.device,
+          poolSize: lvm.poolSize,
+          volumeSize: lvm.volumeSize,
+          fstype: lvm.fstype,
+          // Volumes are mounted only while a layer is applied on them.
+          mountDir: join(dir, 'mnt')
+        }
+      )
+    },
+    preflight: () => assertDeviceMapper()
+  }
 }
 
 export interface AgentComponents {
@@ -160,6 +189,8 @@ export class Agent implements Startable {
 
   async start(): Promise<void> {
     if (this.#started) return
+    // Before anything opens: an agent that cannot lay images out does not start at all.
+    await MATERIALIZERS[this.config.materialize.driver].preflight?.()
     await this.store.start()
     await this.swarm?.start()
     this.metrics.onScrape = () => this.#refreshStoreGauges()
@@ -197,15 +228,11 @@ function materializeDir(config: ShoalConfig): string {
   return config.materialize.dir ?? join(config.storeDir, 'materialize')
 }
 
-/** The materializer `materialize.driver` names; `CONFIG_INVALID` when none is wired for it. */
-function createMaterializer(config: ShoalConfig, parts: Omit<MaterializerParts, 'dir'>): Materializer {
-  const driver = config.materialize.driver
-  const create = MATERIALIZERS[driver]
-  if (!create) {
-    throw new ConfigInvalidError(
-      `materialize.driver is "${driver}", but this agent has no ${driver} materializer wired in ` +
-        `(available: ${Object.keys(MATERIALIZERS).join(', ')})`
-    )
-  }
-  return create({ ...parts, dir: materializeDir(config) })
+/** The materializer `materialize.driver` names. */
+function createMaterializer(
+  config: ShoalConfig,
+  parts: Omit<MaterializerParts, 'dir' | 'config'>
+): Materializer {
+  const entry = MATERIALIZERS[config.materialize.driver]
+  return entry.create({ ...parts, dir: materializeDir(config), config: config.materialize })
 }

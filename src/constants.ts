@@ -32,3 +32,10 @@ export const DEFAULT_UPSTREAM_BODY_TIMEOUT = 15 * second
 export const DEFAULT_UPSTREAM_RETRIES = 3
 /** Default localhost registry mirror address. */
 export const DEFAULT_MIRROR_LISTEN = '127.0.0.1:5050'
+
+/** Thin pool name when none is configured. */
+export const DEFAULT_LVM_POOL = 'shoal-pool'
+/** Share of the volume group a new thin pool takes (the rest: metadata spare, growth). */
+export const DEFAULT_LVM_POOL_SIZE = '95%FREE'
+/** Virtual size of each image's volumes: the most an image (plus a container's writes) holds. */
+export const DEFAULT_LVM_VOLUME_SIZE = '10G'

@@ -90,6 +90,21 @@ export const SwarmKeyInvalidError = define('SWARM_KEY_INVALID', 'SwarmKeyInvalid
 export const UnsafeLayerError = define('LAYER_UNSAFE', 'UnsafeLayerError')
 /** A release names an image or layer this agent holds no materialization of. */
 export const NotMaterializedError = define('NOT_MATERIALIZED', 'NotMaterializedError')
+/**
+ * The kernel has no device-mapper (no `device-mapper` line in /proc/misc): the `lvm-thin`
+ * materializer cannot run, so an agent configured for it does not start.
+ */
+export const DeviceMapperMissingError = define('DEVICE_MAPPER_MISSING', 'DeviceMapperMissingError')
+/**
+ * A hyperlayer (block-level layer) is malformed: bad magic or version, a header that does not fit
+ * the volume, an extent out of range or out of order, an oversized table, truncated or extra data.
+ */
+export const InvalidHyperlayerError = define('HYPERLAYER_INVALID', 'InvalidHyperlayerError')
+/** A hyperlayer was made against other blocks than those of the volume it would apply on. */
+export const HyperlayerParentMismatchError = define(
+  'HYPERLAYER_PARENT_MISMATCH',
+  'HyperlayerParentMismatchError'
+)
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -121,7 +136,10 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   PROTOCOL_VIOLATION: 502,
   SWARM_KEY_INVALID: 500,
   LAYER_UNSAFE: 502,
-  NOT_MATERIALIZED: 404
+  NOT_MATERIALIZED: 404,
+  DEVICE_MAPPER_MISSING: 500,
+  HYPERLAYER_INVALID: 502,
+  HYPERLAYER_PARENT_MISMATCH: 409
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */

@@ -78,5 +78,5 @@ export async function materializeCommand(
 export function formatMount(mount: MountSpec): string {
   return mount.type === 'overlay'
     ? `overlay lowerdir=${mount.lowerdirs.join(':')}`
-    : `${mount.fstype} ${mount.device} (read-only)`
+    : `${mount.fstype} ${mount.device} (read-only${mount.options ? `, -o ${mount.options.join(',')}` : ''})`
 }

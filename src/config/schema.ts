@@ -1,5 +1,8 @@
 import { z } from 'zod'
 import {
+  DEFAULT_LVM_POOL,
+  DEFAULT_LVM_POOL_SIZE,
+  DEFAULT_LVM_VOLUME_SIZE,
   DEFAULT_MIRROR_LISTEN,
   DEFAULT_PIECE_SIZE,
   DEFAULT_REGISTRY_PIECE_CONCURRENCY,
@@ -53,6 +56,40 @@ const registrySchema = z
   .refine((r) => (r.username === undefined) === (r.password === undefined), {
     message: 'username and password go together'
   })
+
+/** Volume group and thin pool names LVM accepts (no leading hyphen, at most 64 characters). */
+const lvmName = (what: string) =>
+  z
+    .string()
+    .regex(
+      /^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,63}$/,
+      `${what} must be 1-64 letters, digits or + _ . - characters, not starting with -`
+    )
+
+/** An LVM size: `20G`, `512M`, `1T` (lvcreate -L), or a share such as `95%FREE` (lvcreate -l). */
+const lvmSize = (share: boolean) =>
+  z
+    .string()
+    .regex(
+      share ? /^(\d+(\.\d+)?[kKmMgGtT]|\d{1,3}%(FREE|VG))$/ : /^\d+(\.\d+)?[kKmMgGtT]$/,
+      share ? 'must be a size such as 20G or a share such as 95%FREE' : 'must be a size such as 10G'
+    )
+
+/** The thin pool of the `lvm-thin` materializer (see LvmThinMaterializerInit). */
+const lvmSchema = z.strictObject({
+  /** The volume group holding the thin pool. */
+  volumeGroup: lvmName('materialize.lvm.volumeGroup'),
+  /** The thin pool. */
+  pool: lvmName('materialize.lvm.pool').default(DEFAULT_LVM_POOL),
+  /** A block device to create the volume group and pool on when they do not exist. */
+  device: z.string().startsWith('/dev/', 'must be a device path under /dev/').optional(),
+  /** Size of a pool created on `device`. */
+  poolSize: lvmSize(true).default(DEFAULT_LVM_POOL_SIZE),
+  /** Virtual size of each image's volumes. */
+  volumeSize: lvmSize(false).default(DEFAULT_LVM_VOLUME_SIZE),
+  /** File system of new base volumes. */
+  fstype: z.enum(['ext4', 'xfs']).default('ext4')
+})
 
 /** The agent's configuration: file, then environment, then flags; every default here. */
 export const configSchema = z.strictObject({
@@ -151,13 +188,25 @@ export const configSchema = z.strictObject({
     .strictObject({
       /**
        * How images are laid out for mounting: `local-cache` (extracted layer directories for
-       * overlayfs) or `lvm-thin` (thin volumes; the agent refuses to start until one is wired).
+       * overlayfs) or `lvm-thin` (a thin volume per layer chain; needs `materialize.lvm`).
        */
       driver: z.enum(['local-cache', 'lvm-thin']).default('local-cache'),
       /** Where materialized layers live (unset: `<storeDir>/materialize`). */
-      dir: z.string().min(1).optional()
+      dir: z.string().min(1).optional(),
+      /** The thin pool of the `lvm-thin` driver. */
+      lvm: lvmSchema.optional()
     })
-    .prefault({}),
+    .prefault({})
+    .superRefine((m, ctx) => {
+      if (m.driver === 'lvm-thin' && m.lvm === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['lvm'],
+          message:
+            'materialize.driver lvm-thin needs materialize.lvm.volumeGroup (the volume group of the thin pool)'
+        })
+      }
+    }),
   /** Platform picked from image indexes, `os/arch[/variant]`; defaults to this machine's. */
   platform: z
     .string()

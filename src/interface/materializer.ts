@@ -15,8 +15,12 @@ export interface MaterializedLayer {
 export type MountSpec =
   /** overlayfs: `lowerdir=` is `lowerdirs.join(':')` (top layer first). */
   | { type: 'overlay'; lowerdirs: string[] }
-  /** A block device holding the whole tree (the top layer's volume), read-only. */
-  | { type: 'block'; device: string; fstype: string }
+  /**
+   * A block device holding the whole tree (the top layer's volume), read-only. `options` are
+   * mount options the file system needs besides `ro` (`nouuid` for XFS: a snapshot shares its
+   * origin's UUID, and XFS refuses a second mount of one UUID without it).
+   */
+  | { type: 'block'; device: string; fstype: string; options?: string[] }
 
 /** An image (or a single layer) laid out for mounting. */
 export interface Materialization {

@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises'
 import type { Logger } from 'pino'
+import { DEFAULT_LVM_POOL, DEFAULT_LVM_POOL_SIZE, DEFAULT_LVM_VOLUME_SIZE } from '../constants.ts'
 import { AbortedError, BadRequestError, InternalError, toShoalError } from '../errors.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
@@ -11,15 +12,9 @@ import { LvmCommands } from './lvm-thin-lvm.ts'
 import { type ChainLayer, chainLayers, layerVolumeName } from './lvm-thin-names.ts'
 import { type LayerVolume, readVolumes, removeLeftovers } from './lvm-thin-state.ts'
 
+export { DEFAULT_LVM_POOL, DEFAULT_LVM_POOL_SIZE, DEFAULT_LVM_VOLUME_SIZE } from '../constants.ts'
 export type { LvmFileSystem } from './lvm-thin-build.ts'
 export type { ContainerVolume } from './lvm-thin-containers.ts'
-
-/** Thin pool name when none is configured. */
-export const DEFAULT_LVM_POOL = 'shoal-pool'
-/** Share of the volume group a new thin pool takes (the rest: metadata spare, growth). */
-export const DEFAULT_LVM_POOL_SIZE = '95%FREE'
-/** Virtual size of each image's volumes: the most an image (plus a container's writes) holds. */
-export const DEFAULT_LVM_VOLUME_SIZE = '10G'
 
 export interface LvmThinMaterializerComponents {
   /** Where layer blobs come from: only complete (verified) blobs are applied. */
@@ -162,7 +157,12 @@ export class LvmThinMaterializer implements Materializer {
     return {
       driver: 'lvm-thin',
       layers: layers.map((l) => ({ digest: l.digest, path: this.#lvm.device(layerVolumeName(l.chain)) })),
-      mount: { type: 'block', device: this.#lvm.device(top.name), fstype: top.fstype }
+      mount: {
+        type: 'block',
+        device: this.#lvm.device(top.name),
+        fstype: top.fstype,
+        ...(top.fstype === 'xfs' && { options: ['nouuid'] })
+      }
     }
   }
 

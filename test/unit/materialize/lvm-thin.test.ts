@@ -359,7 +359,12 @@ describe('LvmThinMaterializer (against a fake LVM)', () => {
     assert.ok(
       cmds.includes(`mount -t xfs -o nouuid /dev/${VG}/shoal-tmp-${c2} ${join(mountDir, `shoal-tmp-${c2}`)}`)
     )
-    assert.deepEqual(r.mount, { type: 'block', device: `/dev/${VG}/shoal-layer-${c2}`, fstype: 'xfs' })
+    assert.deepEqual(r.mount, {
+      type: 'block',
+      device: `/dev/${VG}/shoal-layer-${c2}`,
+      fstype: 'xfs',
+      options: ['nouuid']
+    })
     const top = lvm.tree(`shoal-layer-${c2}`)
     assert.deepEqual((await readdir(top)).sort(), ['ln', 'one'])
     assert.equal(await readlink(join(top, 'ln')), 'one')
