@@ -28,6 +28,8 @@ mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t sysfs sysfs /sys || fail "cannot mount /sys"
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev || fail "cannot mount /dev"
 mount -t tmpfs -o mode=755 run /run || fail "cannot mount /run"
+# Loopback, for what a test serves to itself (a registry); the guest has no other network.
+ip link set lo up 2>/dev/null || true
 
 shared=$(sed -n 's/.*\bshoal_out=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -n "$shared" ] || fail "no shoal_out= on the kernel command line"

@@ -6,7 +6,7 @@
 #
 # The guest borrows the host's root file system read-only (hostfs, a tmpfs overlay on top), so
 # it has the project checkout, node and the LVM tools without any image being built. Its only
-# disk, /dev/ubda, is a fresh sparse file. COMMAND runs as root in the project directory with
+# disks, /dev/ubda and /dev/ubdb, are fresh sparse files. COMMAND runs as root in the project directory with
 # SHOAL_LVM_GUEST=1 set; its output and exit status come back through a shared folder, and this
 # script exits with that status (124 when the guest ran out of time, 125 when it never ran the
 # command). Needs the `user-mode-linux` package (and lvm2, thin-provisioning-tools, e2fsprogs,
@@ -41,8 +41,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-uml.XXXXXX")
 out=$work/out
 mkdir "$out"
 chmod 755 "$work" "$out"
-# The guest's scratch disk: sparse, so only what LVM writes takes space.
-truncate -s "$disk_size" "$work/disk.img"
+# The guest's scratch disks, /dev/ubda and /dev/ubdb (a second volume group: a second node):
+# sparse, so only what LVM writes takes space.
+truncate -s "$disk_size" "$work/disk.img" "$work/disk2.img"
 {
   printf 'export PATH=%q HOME=/root LANG=C.UTF-8\n' "$PATH"
   [ -n "${NODE_OPTIONS:-}" ] && printf 'export NODE_OPTIONS=%q\n' "$NODE_OPTIONS"
@@ -70,7 +71,7 @@ started=$SECONDS
 # The guest's memory is a file under TMPDIR, which must allow executable mappings.
 TMPDIR=/dev/shm setsid linux.uml \
   mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro \
-  ubd0="$work/disk.img" con=null con0=null,fd:1 quiet loglevel=3 panic=-1 \
+  ubd0="$work/disk.img" ubd1="$work/disk2.img" con=null con0=null,fd:1 quiet loglevel=3 panic=-1 \
   init="$here/guest-init.sh" shoal_out="$out" \
   </dev/null >"$work/console.log" 2>&1 &
 guest=$!

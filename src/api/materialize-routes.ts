@@ -96,6 +96,7 @@ export class MaterializeRoutes {
     }
     try {
       let layers: string[]
+      const mediaTypes: Record<string, string> = {}
       let manifestDigest: string | undefined
       if (target.kind === 'image') {
         const pulled = await this.#c.puller.pull(target.reference, {
@@ -104,6 +105,7 @@ export class MaterializeRoutes {
           onEvent: (e) => send(e.type === 'done' ? { ...e, type: 'pulled' } : e)
         })
         layers = pulled.layers.map((l) => l.digest)
+        for (const l of pulled.layers) mediaTypes[l.digest] = l.mediaType
         manifestDigest = pulled.manifestDigest
       } else {
         if (source) {
@@ -117,6 +119,7 @@ export class MaterializeRoutes {
       }
       const materialization = await this.#c.materializer.materialize(layers, {
         signal,
+        mediaTypes,
         onProgress: (p) => send({ type: 'layer', ...p })
       })
       if (signal.aborted) {

@@ -1,6 +1,6 @@
 import { Command } from 'commander'
 import { VERSION } from '../agent.ts'
-import { ShoalError } from '../errors.ts'
+import { BadRequestError, ShoalError } from '../errors.ts'
 import { agentCommand } from './agent-command.ts'
 import { materializeCommand } from './materialize-command.ts'
 import { pruneCommand } from './prune-command.ts'
@@ -86,6 +86,39 @@ program
   .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
   .option('--json', 'print JSON')
   .action(async (o: { socket: string; json?: boolean }) => statusCommand(o.socket, Boolean(o.json)))
+
+const hyperlayer = program
+  .command('hyperlayer')
+  .description('block-level layers: the changed blocks between two LVM thin volumes (docs/hyperlayer.md)')
+
+hyperlayer
+  .command('diff')
+  .description('write the blocks that differ between two read-only thin volumes as a hyperlayer')
+  .argument('<parent-lv>', 'vg/lv of the parent volume, or - for none (a root hyperlayer)')
+  .argument('<child-lv>', 'vg/lv of the child volume (same pool and size)')
+  .requiredOption('-o, --output <file>', 'where to write the hyperlayer')
+  .option('--method <method>', 'auto (thin_delta, else compare), thin_delta or compare', 'auto')
+  .option('--json', 'print the result as JSON')
+  .action(async (parent: string, child: string, o: { output: string; method: string; json?: boolean }) => {
+    if (!['auto', 'thin_delta', 'compare'].includes(o.method)) {
+      throw new BadRequestError(`--method must be auto, thin_delta or compare, not ${o.method}`)
+    }
+    const { hyperlayerDiffCommand } = await import('./hyperlayer-command.ts')
+    await hyperlayerDiffCommand(parent, child, { ...o, method: o.method as 'auto' })
+  })
+
+hyperlayer
+  .command('push')
+  .description('push an image whose top layer is this hyperlayer to a registry')
+  .argument('<file>', 'the hyperlayer (from hyperlayer diff)')
+  .argument('<ref>', 'where to push, e.g. registry.example.com/app:v2')
+  .option('--below <file>', 'a layer under it, bottom first (repeatable)', collect)
+  .option('--plain-http', 'HTTP instead of HTTPS (the default for localhost)')
+  .option('--json', 'print the result as JSON')
+  .action(async (file: string, ref: string, o: { below?: string[]; plainHttp?: boolean; json?: boolean }) => {
+    const { hyperlayerPushCommand } = await import('./hyperlayer-command.ts')
+    await hyperlayerPushCommand(file, ref, o)
+  })
 
 program
   .command('demo')

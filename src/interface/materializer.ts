@@ -39,6 +39,12 @@ export interface MaterializeProgress {
 
 export interface MaterializeOptions extends AbortOptions {
   onProgress?: (progress: MaterializeProgress) => void
+  /**
+   * Media types of the layers, by digest, as the manifest gives them; a layer not listed is a
+   * tar layer. A driver refuses a type it cannot apply (`UNSUPPORTED_MEDIA_TYPE`): the
+   * block-level hyperlayer (`application/vnd.shoal.hyperlayer.v1`) needs `lvm-thin`.
+   */
+  mediaTypes?: Readonly<Record<string, string>>
 }
 
 /**

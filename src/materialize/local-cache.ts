@@ -3,12 +3,13 @@ import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { digestHex } from '../content/digest.ts'
-import { AbortedError, BlobUnknownError, toShoalError } from '../errors.ts'
+import { AbortedError, BlobUnknownError, toShoalError, UnsupportedMediaTypeError } from '../errors.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
 import { type CommandRunner, execFileRunner } from './command-runner.ts'
 import { extractLayer } from './extract.ts'
+import { HYPERLAYER_MEDIA_TYPE } from './hyperlayer-format.ts'
 
 export interface LocalCacheMaterializerComponents {
   /** Where layer blobs come from: only complete (verified) blobs are extracted. */
@@ -132,6 +133,14 @@ export class LocalCacheMaterializer implements Materializer {
   ): Promise<Materialization> {
     const layers = topmostFirst(layerDigests)
     for (const d of layers) this.layerPath(d) // a bad digest fails before any work starts
+    for (const d of layers) {
+      const type = options.mediaTypes?.[d]
+      if (type === HYPERLAYER_MEDIA_TYPE) {
+        throw new UnsupportedMediaTypeError(
+          `layer ${d} is a hyperlayer (${type}), a block-level layer only materialize.driver lvm-thin applies`
+        )
+      }
+    }
     const taken: string[] = []
     const results = await Promise.allSettled(
       layers.map(async (digest) => {

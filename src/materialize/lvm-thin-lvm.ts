@@ -13,6 +13,18 @@ export interface LogicalVolume {
   pool: string
 }
 
+/** A volume with what the block-level layer code needs: sizes, thin device id, device-mapper path. */
+export interface VolumeDetails extends LogicalVolume {
+  /** Bytes. */
+  size: number
+  /** The thin device id in the pool's metadata (thin volumes only). */
+  thinId?: number
+  /** The pool's chunk size in bytes (pools only; 0 otherwise). */
+  chunkSize: number
+  /** `/dev/mapper/<vg>-<lv>` (with the hyphens device-mapper doubles). */
+  dmPath: string
+}
+
 /** True when `lvs` reports the volume active. */
 export function isActive(lv: LogicalVolume): boolean {
   return lv.attr[4] === 'a'
@@ -67,6 +79,38 @@ export class LvmCommands {
     }))
   }
 
+  /**
+   * Every volume of the group, hidden ones too (`[pool_tmeta]`), with sizes in bytes, thin ids
+   * and device-mapper paths.
+   */
+  async details(options: AbortOptions = {}): Promise<VolumeDetails[]> {
+    const fields = 'lv_name,lv_attr,lv_tags,origin,pool_lv,lv_size,thin_id,chunk_size,lv_dm_path'
+    const { stdout } = await this.#run(
+      'lvs',
+      ['-a', '--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', fields, this.vg],
+      options
+    )
+    return report(stdout, 'lv').map((lv) => {
+      const v: VolumeDetails = {
+        name: lv.lv_name ?? '',
+        attr: lv.lv_attr ?? '',
+        tags: lv.lv_tags ? lv.lv_tags.split(',') : [],
+        origin: lv.origin ?? '',
+        pool: lv.pool_lv ?? '',
+        size: bytes(lv.lv_size),
+        chunkSize: bytes(lv.chunk_size),
+        dmPath: lv.lv_dm_path ?? ''
+      }
+      if (lv.thin_id && /^\d+$/.test(lv.thin_id.trim())) v.thinId = Number(lv.thin_id.trim())
+      return v
+    })
+  }
+
+  /** Adds tags to a volume. */
+  async addTags(name: string, tags: string[], options: AbortOptions = {}) {
+    await this.#run('lvchange', [...addTags(tags), `${this.vg}/${name}`], options)
+  }
+
   /** A new thin volume of virtual size `size` in `pool`, active, read-write. */
   async createThin(name: string, pool: string, size: string, tags: string[], options: AbortOptions = {}) {
     await this.#run(
@@ -111,6 +155,12 @@ export class LvmCommands {
 
 function addTags(tags: string[]): string[] {
   return tags.flatMap((t) => ['--addtag', t])
+}
+
+/** A `--units b --nosuffix` size ('' or unparsable: 0). */
+function bytes(v: string | undefined): number {
+  const n = Number((v ?? '').trim())
+  return Number.isSafeInteger(n) && n > 0 ? n : 0
 }
 
 /** The rows of a `--reportformat json` report (`{"report": [{"lv": [...]}]}`). */

@@ -16,6 +16,13 @@ export const PARENT_TAG = 'shoal.parent='
 /** Tag holding the file system type of a layer volume (and so of its snapshots). */
 export const FSTYPE_TAG = 'shoal.fstype='
 
+/**
+ * Tag holding a volume's block identity: a name for its exact bytes. A hyperlayer made against
+ * a volume carries its identity as the parent, and applies only on a volume with the same one
+ * (see `blockIdentity`).
+ */
+export const BLOCKS_TAG = 'shoal.blocks='
+
 /** Container volume names: what containerd and podman use as IDs, and safe in an LV name. */
 const CONTAINER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$/
 /** Volume group and thin pool names LVM accepts (no leading hyphen). */
@@ -87,4 +94,16 @@ export function tagValue(tags: readonly string[], prefix: string): string | unde
 /** True for a name LVM accepts as a volume group or thin pool. */
 export function isLvmName(name: string): boolean {
   return LVM_NAME_RE.test(name)
+}
+
+/**
+ * The block identity of the volume a hyperlayer makes: computed like a chain ID, from the
+ * identity of the volume it applies on (none for a root hyperlayer) and its digest. A volume
+ * built only from hyperlayers thus has its chain ID as identity on every node, and two volumes
+ * with one identity hold the same bytes.
+ */
+export function blockIdentity(parent: string | undefined, digest: string): string {
+  return parent === undefined
+    ? digestHex(digest)
+    : createHash('sha256').update(`sha256:${parent} ${digest}`).digest('hex')
 }

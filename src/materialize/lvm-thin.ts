@@ -6,8 +6,11 @@ import type { AbortOptions } from '../interface/common.ts'
 import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
 import { type CommandRunner, execFileRunner } from './command-runner.ts'
+import { LvmHyperlayers } from './hyperlayer.ts'
+import { HYPERLAYER_MEDIA_TYPE } from './hyperlayer-format.ts'
 import { buildLayerVolume, type LvmFileSystem } from './lvm-thin-build.ts'
 import { type ContainerVolume, LvmContainerVolumes } from './lvm-thin-containers.ts'
+import { buildHyperlayerVolume } from './lvm-thin-hyperlayer.ts'
 import { LvmCommands } from './lvm-thin-lvm.ts'
 import { type ChainLayer, chainLayers, layerVolumeName } from './lvm-thin-names.ts'
 import { type LayerVolume, readVolumes, removeLeftovers } from './lvm-thin-state.ts'
@@ -78,6 +81,7 @@ export class LvmThinMaterializer implements Materializer {
   readonly #log: Logger
   readonly #runner: CommandRunner
   readonly #lvm: LvmCommands
+  readonly #hyperlayers: LvmHyperlayers
   readonly #init: Required<Omit<LvmThinMaterializerInit, 'device'>> & { device?: string }
   /** Finished layer volumes by chain ID. */
   readonly #layers = new Map<string, LayerVolume>()
@@ -93,6 +97,10 @@ export class LvmThinMaterializer implements Materializer {
     this.#log = components.logger.child({ component: 'materialize', driver: 'lvm-thin' })
     this.#runner = components.runner ?? execFileRunner
     this.#lvm = new LvmCommands(this.#runner, init.vg)
+    this.#hyperlayers = new LvmHyperlayers(
+      { logger: components.logger, runner: this.#runner },
+      { vg: init.vg }
+    )
     this.#containers = new LvmContainerVolumes(this.#lvm, this, this.#log)
     this.#init = {
       ...init,
@@ -145,7 +153,7 @@ export class LvmThinMaterializer implements Materializer {
     const taken: string[] = []
     try {
       for (const [i, layer] of layers.entries()) {
-        await this.#acquire(layer, options)
+        await this.#acquire(layer, options.mediaTypes?.[layer.digest], options)
         taken.push(layer.chain)
         options.onProgress?.({ digest: layer.digest, done: i + 1, total: layers.length })
       }
@@ -243,7 +251,7 @@ export class LvmThinMaterializer implements Materializer {
   }
 
   /** Takes a reference on a layer's volume, building (or activating) it first if needed. */
-  async #acquire(layer: ChainLayer, options: AbortOptions): Promise<void> {
+  async #acquire(layer: ChainLayer, mediaType: string | undefined, options: AbortOptions): Promise<void> {
     for (;;) {
       if (this.#stopping.signal.aborted) throw new AbortedError('the LVM materializer is stopped')
       const busy = this.#busy.get(layer.chain)
@@ -261,17 +269,33 @@ export class LvmThinMaterializer implements Materializer {
         this.#refs.set(layer.chain, (this.#refs.get(layer.chain) ?? 0) + 1)
         return
       }
-      const work = existing ? this.#activate(existing) : this.#build(layer)
+      const work = existing ? this.#activate(existing) : this.#build(layer, mediaType)
       const done = work.finally(() => this.#busy.delete(layer.chain))
       this.#busy.set(layer.chain, { kind: 'build', done })
       await abortable(done, options.signal)
     }
   }
 
-  async #build(layer: ChainLayer): Promise<void> {
+  /** Builds a layer's volume: a tar layer applied in a mounted snapshot, or a hyperlayer's blocks. */
+  async #build(layer: ChainLayer, mediaType: string | undefined): Promise<void> {
     const parent = layer.parent === undefined ? undefined : this.#layers.get(layer.parent)
-    const components = { store: this.#store, lvm: this.#lvm, runner: this.#runner, log: this.#log }
-    const volume = await buildLayerVolume(components, this.#init, layer, parent, this.#stopping.signal)
+    const signal = this.#stopping.signal
+    const volume =
+      mediaType === HYPERLAYER_MEDIA_TYPE
+        ? await buildHyperlayerVolume(
+            { store: this.#store, lvm: this.#lvm, hyperlayers: this.#hyperlayers, log: this.#log },
+            this.#init,
+            layer,
+            parent,
+            signal
+          )
+        : await buildLayerVolume(
+            { store: this.#store, lvm: this.#lvm, runner: this.#runner, log: this.#log },
+            this.#init,
+            layer,
+            parent,
+            signal
+          )
     this.#layers.set(layer.chain, volume)
   }
 

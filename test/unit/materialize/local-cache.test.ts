@@ -71,6 +71,20 @@ describe('LocalCacheMaterializer', () => {
     assert.equal(cache.releaseLayer(digest), 0, 'releasing too often is harmless')
   })
 
+  it('refuses a hyperlayer, a block-level layer only the LVM thin driver applies', async () => {
+    const digest = await layerOf(store, 'f', 'x')
+    await assert.rejects(
+      cache.materialize([digest], { mediaTypes: { [digest]: 'application/vnd.shoal.hyperlayer.v1' } }),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'UNSUPPORTED_MEDIA_TYPE')
+        assert.match(err.message, /lvm-thin/)
+        return true
+      }
+    )
+    assert.deepEqual(store.streamed, [], 'nothing is read')
+    assert.equal((await cache.materialize([digest], { mediaTypes: {} })).layers.length, 1)
+  })
+
   it('reuses a layer extracted by an earlier process', async () => {
     const digest = await layerOf(store, 'f', 'x')
     await cache.materializeLayer(digest)
