@@ -117,6 +117,7 @@ export class Swarm implements Startable {
         logger: this.#log,
         peerId: node.peerId,
         connectedPeers: () => node.peers(),
+        knownPeers: () => node.knownPeers(),
         ...(metrics && { metrics })
       },
       { findTimeoutMs: this.#init.findTimeout }

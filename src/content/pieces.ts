@@ -34,3 +34,20 @@ export function checkGeometry(size: number, pieceSize: number): void {
     )
   }
 }
+
+/** About how many pieces a blob shared in a swarm is cut into (fewer once pieces reach the cap). */
+export const SWARM_TARGET_PIECES = 64
+/** Smallest piece a swarm cuts a blob into: below it, per-piece costs outweigh sharing. */
+export const SWARM_MIN_PIECE_SIZE = 256 * 1024
+
+/**
+ * The piece size of a blob shared in a swarm: the smallest power of two from 256 KiB up to
+ * `maxPieceSize` that cuts it into at most 64 pieces. A crowd then has enough pieces to split
+ * the registry's work and to pass on while downloading, even for a blob of a few megabytes.
+ * A function of the size alone, so every node of the swarm cuts a blob the same way.
+ */
+export function swarmPieceSize(size: number, maxPieceSize: number): number {
+  let p = Math.min(SWARM_MIN_PIECE_SIZE, maxPieceSize)
+  while (p < maxPieceSize && size > p * SWARM_TARGET_PIECES) p *= 2
+  return Math.min(p, maxPieceSize)
+}

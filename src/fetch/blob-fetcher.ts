@@ -6,7 +6,7 @@ import {
   DEFAULT_REGISTRY_STREAMS
 } from '../constants.ts'
 import { parseDigest } from '../content/digest.ts'
-import { piecesCovering } from '../content/pieces.ts'
+import { piecesCovering, swarmPieceSize } from '../content/pieces.ts'
 import { AbortedError, RangeNotSatisfiableError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange, Startable } from '../interface/common.ts'
@@ -198,12 +198,16 @@ export class BlobFetcher implements Startable {
     const known = await this.#c.store.stat(req.digest, options)
     const peers = this.#c.peers?.join(req.digest, { ...(req.size !== undefined && { size: req.size }) })
     try {
-      // A blob's size comes from its descriptor; pieces have the configured size, as on every
-      // node of the swarm. Only a blob of unknown size asks the swarm (then the seed) for it.
+      // A blob's size comes from its descriptor. Alone, pieces have the configured size; in a
+      // swarm, a size that depends on the blob's size only (the configured one is the cap), as
+      // on every node. Only a blob of unknown size asks the swarm (then the seed) for it.
       const geometry =
         known ??
         (req.size !== undefined
-          ? { size: req.size, pieceSize: this.#pieceSize }
+          ? {
+              size: req.size,
+              pieceSize: peers ? swarmPieceSize(req.size, this.#pieceSize) : this.#pieceSize
+            }
           : await peers?.ready(options))
       const size =
         geometry?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size

@@ -9,6 +9,7 @@ import type { Clock } from '../interface/clock.ts'
 import type { BlobPeers, LiveBlob, LiveBlobEvent, PeerBlobSession } from '../interface/peers.ts'
 import type { BlobInfo, BlobStore, Lease, PieceInfo, PieceSource } from '../interface/store.ts'
 import type { Upstream } from '../interface/upstream.ts'
+import { shuffle } from '../shuffle.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import { type PickState, pickForPeer, pickForRegistry } from './piece-picker.ts'
 import type { PriorityLimit } from './priority-limit.ts'
@@ -353,13 +354,29 @@ export class BlobTransfer implements LiveBlob {
         state.inFlight = this.#inFlightSources()
       }
     }
+    const starving = sessions.every((s) => (this.#peerLoad.get(s.peerId) ?? 0) === 0)
     while (this.#registryLoad < this.#registryWindow()) {
       // Pieces a range read waits for are trusted only from the registry: take them there.
+      const urgent = this.#priority.some((i) => this.#missing.has(i) && !state.inFlight.has(i))
+      const swarm = Math.max(sessions.length, this.#c.peers?.swarmSize?.() ?? 0)
+      if (!urgent && !starving && !state.impatient && this.#registryShareUsed(swarm)) break
       const i = pickForRegistry(state)
       if (i === undefined) break
       this.#launch(i, undefined)
       state.inFlight = this.#inFlightSources()
     }
+  }
+
+  /**
+   * True when this node has taken its fair share of the blob from the registry: with k peers
+   * known on the blob, 1/(k+1) of the pieces. Past it, the registry is asked only when no peer has anything
+   * for us (starving), for a range read, or when the swarm has stalled: in a crowd every node
+   * takes about its share of the pieces nobody holds, and the swarm spreads them.
+   */
+  #registryShareUsed(peers: number): boolean {
+    if (peers === 0) return false
+    const share = Math.ceil(this.count / (peers + 1))
+    return this.#registryLanded + this.#registryLoad >= share
   }
 
   /**
@@ -618,14 +635,4 @@ export class BlobTransfer implements LiveBlob {
     }
     return [...culprits]
   }
-}
-
-/** A shuffled copy (Fisher-Yates): no peer is always asked first. */
-function shuffle<T>(items: T[]): T[] {
-  const out = [...items]
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1))
-    ;[out[i], out[j]] = [out[j] as T, out[i] as T]
-  }
-  return out
 }

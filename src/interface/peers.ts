@@ -8,6 +8,8 @@ export type PeerEvent =
   | { type: 'fetching'; index: number }
   /** The session is over (the peer went away, failed, or was cut off). */
   | { type: 'closed' }
+  /** Other peers on this blob, as the peer knows them (peer exchange): ids and addresses. */
+  | { type: 'peers'; peers: { peerId: string; addresses: string[] }[] }
 
 /**
  * A conversation with one peer about one blob it holds, whole or in part. Every hash it knows
@@ -77,6 +79,11 @@ export interface BlobPeers {
   ready(options?: AbortOptions): Promise<BlobGeometry | undefined>
   /** Open sessions now. */
   sessions(): PeerBlobSession[]
+  /**
+   * Peers known to be on this blob, with a session or not yet (heard of through peer exchange or
+   * because they asked us): how many share the registry's work. At least `sessions().length`.
+   */
+  swarmSize?(): number
   /** Called when a session opens or closes, or a peer reports a piece. */
   onChange(fn: () => void): () => void
   /** Lets peers fetch from this node's transfer while it runs. */

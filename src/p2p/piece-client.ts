@@ -94,6 +94,8 @@ export class ClientSession implements PeerBlobSession {
   /** Hashes learned one HAVE at a time (a partial blob). */
   readonly #haveHashes = new Map<number, string>()
   readonly #fetching = new Map<number, number>()
+  /** Peers on this blob the server told us of (peer exchange), by id. */
+  readonly #peersHeard = new Map<string, { peerId: string; addresses: string[] }>()
   #size = 0
   #pieceSize = 0
   #bitfield: Bitfield | undefined
@@ -120,6 +122,16 @@ export class ClientSession implements PeerBlobSession {
       },
       { once: true }
     )
+  }
+
+  /** Peers on this blob the server has told us of so far (peer exchange). */
+  peersHeard(): { peerId: string; addresses: string[] }[] {
+    return [...this.#peersHeard.values()]
+  }
+
+  /** The blob this session is about. */
+  get digest(): string {
+    return this.#init.digest
   }
 
   get size(): number {
@@ -330,6 +342,12 @@ export class ClientSession implements PeerBlobSession {
         this.#fetching.set(msg.index, Date.now())
         this.#emit({ type: 'fetching', index: msg.index })
         return
+      case 'peers': {
+        const peers = msg.peers.filter((p) => p.peerId !== this.peerId)
+        for (const p of peers) this.#peersHeard.set(p.peerId, p)
+        this.#emit({ type: 'peers', peers })
+        return
+      }
       case 'choke':
       case 'unchoke':
         return

@@ -33,6 +33,7 @@ import { ServedSession, type ServerStats } from './piece-server.ts'
 import { Deadline, errorMessage, refuseBusy } from './stream-frames.ts'
 import type { SwarmNode } from './swarm-node.ts'
 import { DEFAULT_PROTOCOL_PREFIX } from './swarm-node.ts'
+import { MAX_EXCHANGED_PEERS, MAX_PEER_ADDRESSES, type WirePeer } from './wire.ts'
 
 export { ClientSession, type FetchPieceOptions, PeerBusyError } from './piece-client.ts'
 
@@ -52,6 +53,8 @@ const MAX_ASKED_BLOBS = 1024
 const MAX_ASKERS_PER_BLOB = 64
 // How long a hello for a blob about to be published waits for it.
 const EXPECT_WAIT_MS = 3 * second
+// Joins to a blob's swarm within this window are told to its clients in one peer exchange.
+const PEX_DEBOUNCE_MS = 300
 // A stopping exchange still answers a racing stream with `busy` (for longer).
 const MAX_BUSY_WHEN_STOPPING = 10 * second
 
@@ -124,6 +127,8 @@ export class PieceExchange implements Startable {
   readonly #requestTimeoutMs: number
   readonly #served = new Set<ServedSession>()
   readonly #outbound = new Set<ClientSession>()
+  /** Pending peer-exchange broadcasts, by blob. */
+  readonly #pexTimers = new Map<string, NodeJS.Timeout>()
   readonly #live = new Map<string, LiveBlob>()
   /** Blobs this node has joined but not yet published, with those waiting for them. */
   readonly #expected = new Map<string, Set<(blob: LiveBlob | undefined) => void>>()
@@ -173,6 +178,8 @@ export class PieceExchange implements Startable {
     const wasStarted = this.#started
     this.#started = false
     this.#offBan?.()
+    for (const t of this.#pexTimers.values()) clearTimeout(t)
+    this.#pexTimers.clear()
     const err = new AbortedError('piece exchange stopped')
     for (const s of [...this.#served]) s.abort(err)
     for (const s of [...this.#outbound]) s.abort(err)
@@ -309,6 +316,7 @@ export class PieceExchange implements Startable {
         session.abort(err)
         throw err
       }
+      this.#peersChanged(digest)
       return session
     } finally {
       deadline.clear()
@@ -340,6 +348,8 @@ export class PieceExchange implements Startable {
         for (const fn of this.#interest) fn(p, digest)
       },
       onUnknown: (p, digest) => this.#noteAsker(p, digest),
+      swarmPeers: (digest, asker) => this.#swarmPeers(digest, asker),
+      onServing: (digest) => this.#peersChanged(digest),
       upload: this.#init.upload,
       onClosed: (s) => this.#served.delete(s),
       onServed: (n, partial) => {
@@ -348,6 +358,48 @@ export class PieceExchange implements Startable {
       }
     })
     this.#served.add(session)
+  }
+
+  /**
+   * Peer exchange: the peers this node knows to be on `digest` (sessions either way, recent
+   * askers), but `asker` and banned peers, with the addresses identify gave for them.
+   */
+  async #swarmPeers(digest: string, asker: string): Promise<WirePeer[]> {
+    const ids = new Set<string>()
+    for (const s of this.#outbound) if (s.digest === digest) ids.add(s.peerId)
+    for (const s of this.#served) if (s.digest === digest) ids.add(s.peerId)
+    for (const id of this.recentAskers(digest)) ids.add(id)
+    ids.delete(asker)
+    const libp2p = this.#node.libp2p
+    const peers: WirePeer[] = []
+    for (const conn of libp2p.getConnections()) {
+      const id = conn.remotePeer.toString()
+      if (!ids.delete(id) || this.#bans?.isBanned(id)) continue
+      const known = await libp2p.peerStore.get(conn.remotePeer).catch(() => undefined)
+      const addresses = (known?.addresses ?? [])
+        .map((a) => a.multiaddr.toString())
+        .filter((a) => !a.includes('/p2p-circuit') && a.length <= 200)
+        .slice(0, MAX_PEER_ADDRESSES)
+      // Without addresses yet (identify still running) the receiver dials by id: its peer store
+      // or the DHT knows where.
+      peers.push({ peerId: id, addresses })
+      if (peers.length >= MAX_EXCHANGED_PEERS) break
+    }
+    return peers
+  }
+
+  /**
+   * A peer joined a blob's swarm here: soon (once for a burst of joins), every client served that
+   * blob hears of the peers it does not know yet.
+   */
+  #peersChanged(digest: string): void {
+    if (this.#pexTimers.has(digest)) return
+    const timer = setTimeout(() => {
+      this.#pexTimers.delete(digest)
+      for (const s of this.#served) if (s.digest === digest) s.sharePeers()
+    }, PEX_DEBOUNCE_MS)
+    timer.unref()
+    this.#pexTimers.set(digest, timer)
   }
 
   /** Cuts every session with a banned peer, both directions. */

@@ -21,7 +21,7 @@ import type { LiveBlob, LiveBlobEvent } from '../interface/peers.ts'
 import type { BlobInfo, BlobStore, Lease } from '../interface/store.ts'
 import { Bitfield } from './bitfield.ts'
 import { closeWithLinger, sendFrame, toError, waitForDrain } from './stream-frames.ts'
-import { FrameDecoder, MAX_CONTROL_FRAME, type WireMessage } from './wire.ts'
+import { FrameDecoder, MAX_CONTROL_FRAME, type WireMessage, type WirePeer } from './wire.ts'
 
 // Requests a client may keep queued on one session; more is abuse (each costs a queue slot).
 const MAX_QUEUED_REQUESTS = 4096
@@ -50,6 +50,10 @@ export interface ServedSessionInit {
   onUnknown?: (peerId: string, digest: string) => void
   /** Paces what this node uploads; absent, uploads are not capped. */
   upload?: TokenBucket | undefined
+  /** Other peers known to be on a blob, for peer exchange (the asker is left out). */
+  swarmPeers?: (digest: string, asker: string) => Promise<WirePeer[]>
+  /** Told when the session starts serving `digest`: one more peer on that blob. */
+  onServing?: (digest: string) => void
   onClosed: (s: ServedSession) => void
   onServed: (bytes: number, partial: boolean) => void
 }
@@ -64,6 +68,8 @@ export class ServedSession {
   readonly #queue: number[] = []
   #state: 'hello' | 'preparing' | 'serving' | 'closing' | 'closed' = 'hello'
   #digest = ''
+  /** Peers this client has been told of (peer exchange). */
+  readonly #told = new Set<string>()
   #size = 0
   #pieceSize = 0
   #count = 0
@@ -75,6 +81,11 @@ export class ServedSession {
   #pumping = false
   #remoteEnded = false
   readonly #log: Logger
+
+  /** The blob asked for ('' until the hello). */
+  get digest(): string {
+    return this.#digest
+  }
 
   constructor(stream: Stream, init: ServedSessionInit) {
     this.peerId = init.peerId
@@ -210,6 +221,8 @@ export class ServedSession {
     sendFrame(this.#stream, { type: 'piece-list', bytes })
     sendFrame(this.#stream, { type: 'bitfield', bits: Bitfield.all(info.pieceCount).toBytes() })
     this.#log.debug({ digest, pieces: info.pieceCount }, 'serving blob')
+    this.sharePeers()
+    this.#init.onServing?.(digest)
     void this.#pump()
   }
 
@@ -223,7 +236,33 @@ export class ServedSession {
     for (const [index, sha256] of live.held()) sendFrame(this.#stream, { type: 'have', index, sha256 })
     for (const index of live.fetching()) sendFrame(this.#stream, { type: 'fetching', index })
     this.#log.debug({ digest: live.digest }, 'serving partial blob')
+    this.sharePeers()
+    this.#init.onServing?.(live.digest)
     void this.#pump()
+  }
+
+  /**
+   * Peer exchange: tells the client of the peers on this blob it has not heard of from us yet.
+   * Called once the session serves, and again by the exchange when it meets more of them.
+   */
+  sharePeers(): void {
+    const known = this.#init.swarmPeers
+    if (known === undefined || this.#state !== 'serving') return
+    const digest = this.#digest
+    known(digest, this.peerId).then(
+      (all) => {
+        const peers = all.filter((p) => !this.#told.has(p.peerId))
+        if (peers.length === 0 || this.#state !== 'serving') return
+        for (const p of peers) this.#told.add(p.peerId)
+        this.#log.debug({ digest, peer: this.peerId, peers: peers.length }, 'peer exchange sent')
+        try {
+          sendFrame(this.#stream, { type: 'peers', peers })
+        } catch (err) {
+          this.abort(toError(err))
+        }
+      },
+      (err: unknown) => this.#log.debug({ digest, err: toError(err).message }, 'no peers to share')
+    )
   }
 
   #onLive(e: LiveBlobEvent): void {

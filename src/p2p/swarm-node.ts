@@ -119,6 +119,7 @@ export class SwarmNode implements Startable {
   readonly #log: Logger
   readonly #init: SwarmNodeInit
   readonly #swarmKey: Uint8Array
+  readonly #known = new Set<string>()
   #libp2p: SwarmLibp2p | undefined
   #datastore: LevelDatastore | undefined
   #dnsDiscovery: DnsDiscovery | undefined
@@ -221,6 +222,10 @@ export class SwarmNode implements Startable {
         throw new InternalError(`libp2p chose peer id ${node.peerId} for a key whose id is ${this.peerId}`)
       }
       lan?.addEventListener('peer', (evt) => this.#dialDiscovered(node, evt.detail))
+      // Every peer this node has heard of (bootstrap, the DHT's walks, inbound connections): a
+      // flash crowd's blob swarms ask them before the DHT has any provider record.
+      node.addEventListener('peer:discovery', (evt) => this.#known.add(evt.detail.id.toString()))
+      node.addEventListener('peer:connect', (evt) => this.#known.add(evt.detail.toString()))
       node.addEventListener('connection:close', (evt) => {
         const c = evt.detail
         this.#log.debug(
@@ -308,6 +313,11 @@ export class SwarmNode implements Startable {
   /** Peer ids this node holds an open connection to. */
   peers(): string[] {
     return this.#libp2p?.getPeers().map((id) => id.toString()) ?? []
+  }
+
+  /** Peer ids this node has heard of since it started, connected or not (never itself). */
+  knownPeers(): string[] {
+    return [...this.#known].filter((id) => id !== this.peerId)
   }
 }
 

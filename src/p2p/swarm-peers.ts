@@ -10,6 +10,7 @@ import type { ShoalMetrics } from '../api/metrics.ts'
 import { BlobUnknownError } from '../errors.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { BlobGeometry, BlobPeers, LiveBlob, PeerBlobSession, PeerSource } from '../interface/peers.ts'
+import { shuffle } from '../shuffle.ts'
 import type { DhtContentRouting } from './content-routing.ts'
 import type { PeerBans } from './peer-bans.ts'
 import type { ClientSession } from './piece-client.ts'
@@ -24,13 +25,15 @@ export interface SwarmPeerSourceComponents {
   peerId: string
   /** Peers connected now: asked directly, before the DHT answers. */
   connectedPeers: () => string[]
+  /** Peers heard of, connected or not: asked after the connected ones. */
+  knownPeers?: () => string[]
   metrics?: ShoalMetrics
 }
 
 export interface SwarmPeerSourceInit {
   /** How long one provider lookup may take. Default 2 s. */
   findTimeoutMs?: number
-  /** Sessions per blob at most. Default 8. */
+  /** Sessions per blob at most. Default 16. */
   maxPeers?: number
   /** How long a banned peer stays banned. Default 10 min. */
   banMs?: number
@@ -40,9 +43,13 @@ export interface SwarmPeerSourceInit {
   openTimeoutMs?: number
 }
 
+// Sessions per blob: enough that a node sees most of a crowd's claims on the registry's pieces.
+const DEFAULT_MAX_PEERS = 16
 const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 400, 800, 1600, 3200, 5000]
 // A peer that did not serve a blob is asked again no sooner than this.
 const RETRY_PEER_MS = 1000
+// After the first session of the first round, how long the other attempts may take to count.
+const ROUND_GRACE_MS = 1000
 // A session cut under us is opened again after this.
 const RECONNECT_MS = 50
 
@@ -57,7 +64,7 @@ export class SwarmPeerSource implements PeerSource {
     this.#c = components
     this.#init = {
       findTimeoutMs: init.findTimeoutMs ?? 2000,
-      maxPeers: init.maxPeers ?? 8,
+      maxPeers: init.maxPeers ?? DEFAULT_MAX_PEERS,
       banMs: init.banMs ?? 10 * 60 * 1000,
       findScheduleMs: init.findScheduleMs ?? DEFAULT_FIND_SCHEDULE_MS,
       openTimeoutMs: init.openTimeoutMs ?? 3000
@@ -110,6 +117,8 @@ class BlobSwarm implements BlobPeers {
   readonly #size: number | undefined
   readonly #onLeave: (complete: boolean) => void
   readonly #sessions = new Map<string, ClientSession>()
+  /** Peers heard to be on this blob: sessions, askers, peer exchange. */
+  readonly #heard = new Set<string>()
   readonly #opening = new Set<string>()
   readonly #retryAt = new Map<string, number>()
   readonly #reconnected = new Set<string>()
@@ -164,6 +173,14 @@ class BlobSwarm implements BlobPeers {
     return [...this.#sessions.values()].filter((s) => s.open)
   }
 
+  swarmSize(): number {
+    for (const id of this.#c.exchange.recentAskers(this.#digest)) this.#heard.add(id)
+    for (const id of this.#sessions.keys()) this.#heard.add(id)
+    let n = 0
+    for (const id of this.#heard) if (!this.#c.bans.isBanned(id)) n++
+    return n
+  }
+
   onChange(fn: () => void): () => void {
     this.#listeners.add(fn)
     return () => this.#listeners.delete(fn)
@@ -194,14 +211,21 @@ class BlobSwarm implements BlobPeers {
 
   /** The first lookup: resolves with the geometry of the first session, or undefined. */
   async #discover(): Promise<BlobGeometry | undefined> {
-    // Peers that asked us for the blob first (they are fetching it), then neighbours: no DHT
-    // round trip, and in a flash crowd they are fetching it too.
-    const askers = this.#c.exchange.recentAskers(this.#digest)
-    const neighbours = [...new Set([...askers, ...this.#c.connectedPeers()])]
-      .slice(0, this.#init.maxPeers)
-      .map((peerId) => this.#connect({ peerId, addresses: [] }))
+    const nearby = this.#nearby()
+    const neighbours = nearby.map((p) => this.#connect(p))
     const found = await this.#find()
-    const first = await firstOf([...neighbours, ...found.map((p) => this.#connect(p))])
+    const attempts = [...neighbours, ...found.map((p) => this.#connect(p))]
+    let first = await firstOf(attempts)
+    if (!first && nearby.length > 0) {
+      // Neighbours that have not started on the blob yet (BLOB_UNKNOWN): in a flash crowd they
+      // do within a moment. Ask once more before going it alone.
+      await sleep(ROUND_GRACE_MS, this.#abort.signal)
+      this.#retryAt.clear()
+      first = await firstOf(this.#nearby().map((p) => this.#connect(p)))
+    }
+    // The round is over when every attempt has settled, or a moment after the first session:
+    // the fetch then knows most of the crowd, and their claims, before it asks the registry.
+    if (first) await Promise.race([Promise.allSettled(attempts), sleep(ROUND_GRACE_MS, this.#abort.signal)])
     this.#schedule()
     if (first) return { size: first.size, pieceSize: first.pieceSize }
     const open = this.sessions()[0]
@@ -217,6 +241,10 @@ class BlobSwarm implements BlobPeers {
         this.#schedule()
         return
       }
+      // Neighbours again: in a flash crowd a neighbour may not have started on the blob at the
+      // first round (it answered BLOB_UNKNOWN), and the DHT learns of providers only seconds
+      // after they start.
+      for (const p of this.#nearby()) void this.#connect(p)
       this.#find().then(
         (found) => {
           for (const p of found) void this.#connect(p)
@@ -226,6 +254,20 @@ class BlobSwarm implements BlobPeers {
       )
     }, wait)
     this.#timer.unref()
+  }
+
+  /**
+   * Peers that asked us for the blob (they are fetching it), then connected neighbours, then
+   * other peers this node knows of: no DHT round trip (a provide takes seconds to land), and in
+   * a flash crowd they are fetching the blob too.
+   */
+  #nearby(): SessionPeer[] {
+    const askers = this.#c.exchange.recentAskers(this.#digest)
+    const known = shuffle(this.#c.knownPeers?.() ?? [])
+    return [...new Set([...askers, ...this.#c.connectedPeers(), ...known])]
+      .filter((id) => !this.#sessions.has(id) && !this.#opening.has(id))
+      .slice(0, this.#init.maxPeers)
+      .map((peerId) => ({ peerId, addresses: [] }))
   }
 
   async #find(): Promise<SessionPeer[]> {
@@ -265,6 +307,10 @@ class BlobSwarm implements BlobPeers {
       }
       this.#sessions.set(id, session)
       session.onEvent((e) => {
+        if (e.type === 'peers') {
+          this.#meet(e.peers)
+          return
+        }
         if (e.type === 'closed' && this.#sessions.get(id) === session) {
           this.#log.debug(
             { digest: this.#digest, peer: id, err: session.closedBy?.message },
@@ -280,6 +326,8 @@ class BlobSwarm implements BlobPeers {
         }
         this.#changed()
       })
+      // Peers it told us of before we listened.
+      this.#meet(session.peersHeard())
       this.#log.debug({ digest: this.#digest, peer: id, held: session.held }, 'peer session open')
       this.#changed()
       return session
@@ -294,9 +342,35 @@ class BlobSwarm implements BlobPeers {
     }
   }
 
+  /** Peer exchange: others on this blob, met without waiting for the DHT. */
+  #meet(peers: SessionPeer[]): void {
+    if (peers.length === 0) return
+    for (const p of peers) {
+      if (p.peerId === this.localPeerId) continue
+      this.#heard.add(p.peerId)
+      void this.#connect(p)
+    }
+    this.#changed()
+  }
+
   #changed(): void {
     for (const fn of this.#listeners) fn()
   }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve()
+    const timer = setTimeout(done, ms)
+    timer.unref()
+    signal.addEventListener('abort', done, { once: true })
+    function done() {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+  })
 }
 
 /** The first promise to resolve with a value, or undefined once all have settled without one. */

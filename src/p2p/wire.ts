@@ -40,6 +40,17 @@ export type WireMessage =
    * with its piece's hash) and `fetching` frames follow, for what it holds and as it progresses.
    */
   | { type: 'partial'; size: number; pieceSize: number }
+  /**
+   * Peer exchange: other peers the sender knows to be on this blob (fetching or holding it),
+   * with addresses to dial them at, so a node new to a swarm meets it without the DHT.
+   */
+  | { type: 'peers'; peers: WirePeer[] }
+
+/** A peer in a `peers` message: its id (base58btc) and up to `MAX_PEER_ADDRESSES` multiaddrs. */
+export interface WirePeer {
+  peerId: string
+  addresses: string[]
+}
 
 /** The `type` of each message. */
 export type WireMessageType = WireMessage['type']
@@ -58,6 +69,12 @@ const MAX_INDEX = MAX_PIECE_LIST_PIECES - 1
 const MAX_CODE_LENGTH = 64
 const CODE_RE = /^[A-Z][A-Z0-9_]*$/
 const HEX_RE = /^[a-f0-9]{64}$/
+/** Peers in one `peers` message at most, addresses per peer, and their lengths. */
+export const MAX_EXCHANGED_PEERS = 16
+export const MAX_PEER_ADDRESSES = 4
+const MAX_PEER_ID_LENGTH = 128
+const MAX_ADDRESS_LENGTH = 256
+const PEER_ID_RE = /^[1-9A-HJ-NP-Za-km-z]+$/
 // A varint of 8 bytes carries 56 bits, more than any safe integer: longer is malformed.
 const MAX_VARINT_BYTES = 8
 
@@ -74,7 +91,8 @@ const TYPE_CODES = {
   choke: 10,
   unchoke: 11,
   reject: 12,
-  partial: 13
+  partial: 13,
+  peers: 14
 } as const satisfies Record<WireMessageType, number>
 
 const T = TYPE_CODES
@@ -133,6 +151,16 @@ export function encodeFrameParts(msg: WireMessage): Uint8Array[] {
         cannot(`pieces of ${msg.pieceSize} bytes`)
       }
       return [frame([T.partial, ...varint(msg.size), ...varint(msg.pieceSize)])]
+    case 'peers': {
+      if (msg.peers.length > MAX_EXCHANGED_PEERS) cannot(`${msg.peers.length} peers in one message`)
+      const body: number[] = [T.peers, ...varint(msg.peers.length)]
+      for (const p of msg.peers) {
+        checkPeer(p, cannot)
+        body.push(...text(p.peerId), ...varint(p.addresses.length))
+        for (const a of p.addresses) body.push(...text(a))
+      }
+      return [frame(body)]
+    }
     default:
       return cannot(`message type "${(msg as { type: unknown }).type}"`)
   }
@@ -340,6 +368,23 @@ function decodeBody(body: Uint8Array): WireMessage {
       msg = { type: 'partial', size, pieceSize }
       break
     }
+    case T.peers: {
+      const count = r.varint()
+      if (count > MAX_EXCHANGED_PEERS) violation(`${count} peers in one message`)
+      const peers: WirePeer[] = []
+      for (let i = 0; i < count; i++) {
+        const peerId = r.text(MAX_PEER_ID_LENGTH)
+        const n = r.varint()
+        if (n > MAX_PEER_ADDRESSES) violation(`a peer with ${n} addresses`)
+        const addresses: string[] = []
+        for (let k = 0; k < n; k++) addresses.push(r.text(MAX_ADDRESS_LENGTH))
+        const peer = { peerId, addresses }
+        checkPeer(peer, violation)
+        peers.push(peer)
+      }
+      msg = { type: 'peers', peers }
+      break
+    }
     default:
       return violation(`unknown message type ${type}`)
   }
@@ -383,6 +428,13 @@ class Reader {
     return violation('varint is too long')
   }
 
+  /** A length-prefixed latin1 string of at most `max` bytes. */
+  text(max: number): string {
+    const len = this.varint()
+    if (len > max) violation(`a string of ${len} bytes exceeds ${max}`)
+    return Buffer.from(this.bytes(len)).toString('latin1')
+  }
+
   index(): number {
     const i = this.varint()
     if (i > MAX_INDEX) violation(`piece index ${i} exceeds ${MAX_INDEX}`)
@@ -402,12 +454,29 @@ class Reader {
 function limitOf(type: number): number {
   if (type === T.piece) return MAX_PIECE_FRAME
   if (type === T['piece-list']) return MAX_PIECE_LIST_FRAME
-  if (type >= T.hello && type <= T.partial) return MAX_CONTROL_FRAME
+  if (type >= T.hello && type <= T.peers) return MAX_CONTROL_FRAME
   return violation(`unknown message type ${type}`)
 }
 
 function nameOf(type: number): string {
   return Object.entries(TYPE_CODES).find(([, code]) => code === type)?.[0] ?? `type ${type}`
+}
+
+/** Checks a peer of a `peers` message; `fail` is `cannot` when encoding, `violation` decoding. */
+function checkPeer(p: WirePeer, fail: (what: string) => never): void {
+  if (p.peerId.length > MAX_PEER_ID_LENGTH || !PEER_ID_RE.test(p.peerId))
+    fail(`peer id "${p.peerId.slice(0, 80)}"`)
+  if (p.addresses.length > MAX_PEER_ADDRESSES) fail(`a peer with ${p.addresses.length} addresses`)
+  for (const a of p.addresses) {
+    // Printable ASCII only: these strings end up in logs and dials.
+    if (a.length > MAX_ADDRESS_LENGTH || !/^\/[\x21-\x7e]*$/.test(a)) fail(`peer address "${a.slice(0, 80)}"`)
+  }
+}
+
+/** A string as a varint length and its latin1 bytes. */
+function text(s: string): number[] {
+  const bytes = Buffer.from(s, 'latin1')
+  return [...varint(bytes.length), ...bytes]
 }
 
 function violation(message: string): never {

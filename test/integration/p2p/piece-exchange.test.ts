@@ -270,6 +270,40 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
     await waitFor('the served session to end', () => serverX.activeUploads === 0)
   })
 
+  it('peer exchange: a client hears of the other peers on the blob, and of those who come later', async () => {
+    const node = new SwarmNode(
+      { logger },
+      {
+        listen: LISTEN,
+        bootstrap: [],
+        swarmKey,
+        privateKey: await loadOrCreatePrivateKey(join(dir, 'third.key'))
+      }
+    )
+    await node.start()
+    const store = new MemoryBlobStore({ clock: systemClock, logger }, { quotaBytes: 16 * MiB })
+    await store.start()
+    const thirdX = exchange(node, store)
+    await thirdX.start()
+    const heard = (session: ClientSession) => new Set(session.peersHeard().map((p) => p.peerId))
+    let first: ClientSession | undefined
+    let later: ClientSession | undefined
+    try {
+      first = await clientX.openSession(peerOf(seeder), blob.digest)
+      later = await thirdX.openSession(peerOf(seeder), blob.digest)
+      // The newcomer is told of the peer already there; that one hears of the newcomer.
+      await waitFor('the newcomer to hear of the first peer', () => heard(later!).has(leecher.peerId))
+      await waitFor('the first peer to hear of the newcomer', () => heard(first!).has(node.peerId))
+      assert.ok(!heard(first).has(leecher.peerId), 'a peer was told of itself')
+      assert.ok(!heard(later).has(seeder.peerId), 'the server listed itself')
+    } finally {
+      await first?.close()
+      await later?.close()
+      await thirdX.stop()
+      await node.stop()
+    }
+  })
+
   it('a partial peer that changes the hash of a piece it announced is cut off', async () => {
     const prefix = '/liar'
     const pl = partial.pieceList
