@@ -136,8 +136,12 @@ describe(`a flash crowd of ${NODES} agents`, { timeout: 300_000 }, () => {
     const m = await victim.metrics()
     assert.ok(metric(m, 'shoal_peer_bans_total{reason="bad-piece"}') >= 1, 'the victim banned nobody')
     assert.ok(metric(m, 'shoal_verify_failures_total{kind="piece"') >= 1)
-    // What the victim could not take from its peers came from the registry, verified.
-    for (const l of image.layers) assert.equal(proxy.blobBytes(l.digest), l.size)
+    // The rotten piece (and whatever was not yet taken from the banned peer) came from the
+    // registry, once at most: the good pieces it already gave passed their hashes.
+    for (const l of image.layers) {
+      const sent = proxy.blobBytes(l.digest)
+      assert.ok(sent > 0 && sent <= l.size, `the registry sent ${sent} of ${l.size} bytes`)
+    }
   })
 
   it('killing the first node mid-pull does not stop the others', async () => {
