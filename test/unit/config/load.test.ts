@@ -61,4 +61,11 @@ describe('config', () => {
     await writeFile(join(dir, 'bad.yaml'), 'a: [\n')
     await assert.rejects(loadConfig({ file: join(dir, 'bad.yaml'), env: {} }), /not valid YAML/)
   })
+
+  it('loads the example configuration shipped in deploy/ as it is', async () => {
+    const file = new URL('../../../deploy/shoal.example.yaml', import.meta.url).pathname
+    const c = await loadConfig({ file, env: {} })
+    assert.equal(c.materialize.driver, 'local-cache')
+    assert.deepEqual(c.registries, {})
+  })
 })
