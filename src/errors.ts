@@ -42,6 +42,12 @@ export const NoMatchingPlatformError = define('NO_MATCHING_PLATFORM', 'NoMatchin
 export const DigestMismatchError = define('DIGEST_MISMATCH', 'DigestMismatchError')
 /** A source sent more or fewer bytes than the descriptor or range says. */
 export const SizeMismatchError = define('SIZE_MISMATCH', 'SizeMismatchError')
+/**
+ * A peer asked for a private blob without a valid proof that it holds a manifest referencing it.
+ * The server answers such a peer `BLOB_UNKNOWN` (it does not reveal that it holds the blob); this
+ * code names the refusal in its own logs and metrics.
+ */
+export const AccessDeniedError = define('ACCESS_DENIED', 'AccessDeniedError')
 /** A piece list is malformed or does not fit the blob it claims to describe. */
 export const InvalidPieceListError = define('INVALID_PIECE_LIST', 'InvalidPieceListError')
 /** The upstream registry refused our credentials (or we have none). */
@@ -116,6 +122,7 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   DIGEST_MISMATCH: 502,
   SIZE_MISMATCH: 502,
   INVALID_PIECE_LIST: 502,
+  ACCESS_DENIED: 403,
   UPSTREAM_UNAUTHORIZED: 502,
   UPSTREAM_NOT_FOUND: 404,
   UPSTREAM_UNAVAILABLE: 502,

@@ -32,6 +32,27 @@ export interface BeginBlobInit {
   size: number
   pieceSize: number
   mediaType?: string
+  /** Private from its first byte (see `BlobAccess`); for a blob already begun, use `grantAccess`. */
+  private?: boolean
+}
+
+/**
+ * Which peers a blob may be served to (docs/decisions/0011-private-blobs.md). A public blob goes
+ * to any peer of the swarm; a private one only to a peer whose proof verifies against one of
+ * `keys`, the access keys of manifests this node saw that reference the blob.
+ */
+export interface BlobAccess {
+  private: boolean
+  /** 32-byte access keys, oldest first, at most `MAX_ACCESS_KEYS` (the oldest go first). */
+  keys: Uint8Array[]
+}
+
+/** What `grantAccess` adds to a blob's access. */
+export interface AccessGrant {
+  /** Makes the blob private. A private blob stays private until it is deleted. */
+  private?: boolean
+  /** The access key of a manifest that references the blob (32 bytes). */
+  key?: Uint8Array
 }
 
 export interface PutPieceInit {
@@ -98,6 +119,13 @@ export interface BlobStore extends Startable {
   acquire(digest: string): Lease
   /** Record a use (moves the blob to the back of the LRU). */
   touch(digest: string, options?: AbortOptions): Promise<void>
+  /** Who peers may serve the blob to; public with no keys unless granted; undefined for an unknown blob. */
+  access(digest: string, options?: AbortOptions): Promise<BlobAccess | undefined>
+  /**
+   * Records what a fetch learned about a begun blob: it is private, a manifest's key references
+   * it. Persisted with the blob's record; throws `BlobUnknownError` for a blob never begun.
+   */
+  grantAccess(digest: string, grant: AccessGrant, options?: AbortOptions): Promise<void>
   /** Every blob the store tracks. */
   list(options?: AbortOptions): Promise<BlobInfo[]>
   usage(): StoreUsage

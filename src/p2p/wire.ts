@@ -5,14 +5,19 @@
  * buffered, so a peer cannot make us hold more than one legitimate frame.
  */
 import { KiB, MAX_PIECE_SIZE } from '../constants.ts'
+import { ACCESS_PROOF_BYTES } from '../content/access.ts'
 import { isDigest } from '../content/digest.ts'
 import { MAX_PIECE_LIST_BYTES, MAX_PIECE_LIST_PIECES } from '../content/piece-list.ts'
 import { ProtocolViolationError, type ShoalError } from '../errors.ts'
 
 /** A message of the piece protocol. */
 export type WireMessage =
-  /** Which blob this stream is about (and, when known, the piece list id the sender holds). */
-  | { type: 'hello'; digest: string; pieceListId?: string }
+  /**
+   * Which blob this stream is about (and, when known, the piece list id the sender holds). `proof`
+   * (32 bytes, content/access.ts) shows the client holds a manifest referencing the blob: a
+   * private blob is served only against one.
+   */
+  | { type: 'hello'; digest: string; pieceListId?: string; proof?: Uint8Array }
   /** An encoded piece list (see content/piece-list.ts); the receiver decodes and checks it. */
   | { type: 'piece-list'; bytes: Uint8Array }
   /** The sender's have-bitfield, in `Bitfield.toBytes()` form. */
@@ -69,6 +74,11 @@ const MAX_INDEX = MAX_PIECE_LIST_PIECES - 1
 const MAX_CODE_LENGTH = 64
 const CODE_RE = /^[A-Z][A-Z0-9_]*$/
 const HEX_RE = /^[a-f0-9]{64}$/
+// The hello's flag byte: which optional fields follow the digest, in this order. A hello from
+// before proofs has 0 or 1 and decodes as it did; any other bit is a violation.
+const HELLO_PIECE_LIST_ID = 1
+const HELLO_PROOF = 2
+const HELLO_FLAGS = HELLO_PIECE_LIST_ID | HELLO_PROOF
 /** Peers in one `peers` message at most, addresses per peer, and their lengths. */
 export const MAX_EXCHANGED_PEERS = 16
 export const MAX_PEER_ADDRESSES = 4
@@ -105,12 +115,15 @@ const T = TYPE_CODES
 export function encodeFrameParts(msg: WireMessage): Uint8Array[] {
   switch (msg.type) {
     case 'hello': {
-      const id = msg.pieceListId
+      const { pieceListId: id, proof } = msg
       checkDigest(msg.digest, 'hello digest')
       if (id !== undefined) checkDigest(id, 'hello piece list id')
-      const body = [T.hello, ...hexBytes(msg.digest.slice(7))]
-      if (id === undefined) body.push(0)
-      else body.push(1, ...hexBytes(id.slice(7)))
+      if (proof !== undefined && proof.length !== ACCESS_PROOF_BYTES)
+        cannot(`a proof of ${proof.length} bytes`)
+      const flags = (id === undefined ? 0 : HELLO_PIECE_LIST_ID) | (proof === undefined ? 0 : HELLO_PROOF)
+      const body = [T.hello, ...hexBytes(msg.digest.slice(7)), flags]
+      if (id !== undefined) body.push(...hexBytes(id.slice(7)))
+      if (proof !== undefined) body.push(...proof)
       return [frame(body)]
     }
     case 'piece-list':
@@ -311,10 +324,13 @@ function decodeBody(body: Uint8Array): WireMessage {
   switch (type) {
     case T.hello: {
       const digest = `sha256:${r.hex()}`
-      const flag = r.byte()
-      if (flag === 0) msg = { type: 'hello', digest }
-      else if (flag === 1) msg = { type: 'hello', digest, pieceListId: `sha256:${r.hex()}` }
-      else return violation(`hello has piece list flag ${flag}`)
+      const flags = r.byte()
+      if ((flags & ~HELLO_FLAGS) !== 0) violation(`hello has flags ${flags}`)
+      const hello: WireMessage = { type: 'hello', digest }
+      if (flags & HELLO_PIECE_LIST_ID) hello.pieceListId = `sha256:${r.hex()}`
+      // A copy: the proof outlives the chunk it arrived in.
+      if (flags & HELLO_PROOF) hello.proof = r.bytes(ACCESS_PROOF_BYTES).slice()
+      msg = hello
       break
     }
     case T['piece-list']:

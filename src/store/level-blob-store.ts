@@ -3,6 +3,7 @@ import { type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promise
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { Logger } from 'pino'
+import { ACCESS_KEY_BYTES } from '../content/access.ts'
 import { digestHex, isDigest, sha256Hex } from '../content/digest.ts'
 import { checkGeometry, pieceCount, pieceRange } from '../content/pieces.ts'
 import {
@@ -16,7 +17,9 @@ import {
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange } from '../interface/common.ts'
 import type {
+  AccessGrant,
   BeginBlobInit,
+  BlobAccess,
   BlobInfo,
   BlobStore,
   Lease,
@@ -27,7 +30,7 @@ import type {
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { beginRecord, checkPiece, checkReadRange } from './store-checks.ts'
+import { beginRecord, checkPiece, checkReadRange, grantedAccess } from './store-checks.ts'
 
 export interface LevelBlobStoreComponents {
   clock: Clock
@@ -49,6 +52,10 @@ interface BlobRecord {
   complete: boolean
   pinned: boolean
   lastUsed: number
+  /** Served to peers only against a proof (absent in records from before private blobs: public). */
+  private?: boolean
+  /** Hex access keys of manifests seen that reference the blob, oldest first. */
+  accessKeys?: string[]
 }
 
 interface PieceRecord {
@@ -80,6 +87,8 @@ export class LevelBlobStore implements BlobStore {
   readonly #quota: LruQuota
   readonly #onEvict: ((digest: string) => void) | undefined
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
+  /** Access of every blob tracked (public with no keys unless granted). */
+  readonly #access = new Map<string, BlobAccess>()
   readonly #writers = new Map<string, Promise<FileHandle>>()
   /** Removals in progress, by digest (see `#purge`). */
   readonly #purging = new Map<string, Promise<void>>()
@@ -121,6 +130,7 @@ export class LevelBlobStore implements BlobStore {
     await db.close()
     this.#quota.blobs.clear()
     this.#pieces.clear()
+    this.#access.clear()
   }
 
   async stat(digest: string): Promise<BlobInfo | undefined> {
@@ -142,6 +152,7 @@ export class LevelBlobStore implements BlobStore {
     }
     this.#quota.blobs.set(digest, info)
     this.#pieces.set(digest, new Map())
+    this.#access.set(digest, { private: init.private === true, keys: [] })
     try {
       await Promise.all(evicted)
       // A delete of this digest still removing the old file must finish before the new one exists.
@@ -152,11 +163,12 @@ export class LevelBlobStore implements BlobStore {
       } finally {
         await fh.close()
       }
-      await db.put(blobKey(digest), toRecord(info))
+      await db.put(blobKey(digest), this.#record(info))
     } catch (err) {
       if (this.#quota.blobs.get(digest) === info) {
         this.#quota.blobs.delete(digest)
         this.#pieces.delete(digest)
+        this.#access.delete(digest)
         await rm(this.#path(digest), { force: true })
       }
       throw this.#failure(db, err, `could not create blob ${digest}`)
@@ -268,7 +280,7 @@ export class LevelBlobStore implements BlobStore {
       await (await this.#writer(digest)).sync()
       await this.#closeWriter(digest)
       if (this.#quota.blobs.get(digest) !== b) throw new BlobUnknownError(`blob ${digest} was deleted`)
-      const record = { ...toRecord(b), complete: true, lastUsed: this.#clock.now() }
+      const record = { ...this.#record(b), complete: true, lastUsed: this.#clock.now() }
       await db.put(blobKey(digest), record, { sync: true })
       b.complete = true
       b.lastUsed = record.lastUsed
@@ -288,7 +300,7 @@ export class LevelBlobStore implements BlobStore {
     const db = this.#open()
     const b = this.#blob(digest, true)
     b.pinned = pinned
-    await db.put(blobKey(digest), toRecord(b))
+    await db.put(blobKey(digest), this.#record(b))
   }
 
   acquire(digest: string): Lease {
@@ -300,7 +312,27 @@ export class LevelBlobStore implements BlobStore {
     const b = this.#blob(digest, false)
     if (!b) return
     b.lastUsed = this.#clock.now()
-    await db.put(blobKey(digest), toRecord(b))
+    await db.put(blobKey(digest), this.#record(b))
+  }
+
+  async access(digest: string): Promise<BlobAccess | undefined> {
+    if (!this.#blob(digest, false)) return undefined
+    const a = this.#access.get(digest) ?? { private: false, keys: [] }
+    return { private: a.private, keys: [...a.keys] }
+  }
+
+  async grantAccess(digest: string, grant: AccessGrant): Promise<void> {
+    const db = this.#open()
+    const b = this.#blob(digest, true)
+    const next = grantedAccess(this.#access.get(digest) ?? { private: false, keys: [] }, grant)
+    if (!next) return
+    // In memory first: a peer asking meanwhile already meets the stricter rule.
+    this.#access.set(digest, next)
+    try {
+      await db.put(blobKey(digest), this.#record(b))
+    } catch (err) {
+      throw this.#failure(db, err, `could not record access to ${digest}`)
+    }
   }
 
   async list(): Promise<BlobInfo[]> {
@@ -320,6 +352,7 @@ export class LevelBlobStore implements BlobStore {
   #purge(db: Level<string, IndexValue>, digest: string): Promise<void> {
     this.#quota.blobs.delete(digest)
     this.#pieces.delete(digest)
+    this.#access.delete(digest)
     const previous = this.#purging.get(digest) ?? Promise.resolve()
     const run = previous.then(async () => {
       await this.#closeWriter(digest)
@@ -365,6 +398,16 @@ export class LevelBlobStore implements BlobStore {
     return b
   }
 
+  /** The index record of a blob: its info and its access. */
+  #record(b: BlobInfo): BlobRecord {
+    const a = this.#access.get(b.digest)
+    return {
+      ...toRecord(b),
+      ...(a?.private && { private: true }),
+      ...(a && a.keys.length > 0 && { accessKeys: a.keys.map((k) => Buffer.from(k).toString('hex')) })
+    }
+  }
+
   #path(digest: string): string {
     return join(this.#dataDir, digestHex(digest))
   }
@@ -407,6 +450,7 @@ export class LevelBlobStore implements BlobStore {
         lastUsed: r.lastUsed
       })
       this.#pieces.set(digest, new Map())
+      this.#access.set(digest, accessOf(r))
     }
     for await (const [key, value] of db.iterator({ gte: 'p!', lt: 'p!~' })) {
       const sep = key.lastIndexOf('!')
@@ -501,6 +545,16 @@ function validGeometry(r: BlobRecord): boolean {
   } catch {
     return false
   }
+}
+
+/** The access a record carries; a malformed key is dropped, a malformed flag reads as private. */
+function accessOf(r: BlobRecord): BlobAccess {
+  const keys = (Array.isArray(r.accessKeys) ? r.accessKeys : [])
+    .filter(
+      (k): k is string => typeof k === 'string' && /^[a-f0-9]+$/.test(k) && k.length === 2 * ACCESS_KEY_BYTES
+    )
+    .map((k) => new Uint8Array(Buffer.from(k, 'hex')))
+  return { private: r.private !== undefined && r.private !== false, keys }
 }
 
 function toRecord(b: BlobInfo): BlobRecord {

@@ -3,7 +3,9 @@ import { BlobUnknownError, StoreClosedError, StoreCorruptError } from '../errors
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions, ByteRange } from '../interface/common.ts'
 import type {
+  AccessGrant,
   BeginBlobInit,
+  BlobAccess,
   BlobInfo,
   BlobStore,
   Lease,
@@ -12,7 +14,7 @@ import type {
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { beginRecord, checkPiece, checkReadRange } from './store-checks.ts'
+import { beginRecord, checkPiece, checkReadRange, grantedAccess } from './store-checks.ts'
 
 export interface MemoryBlobStoreComponents {
   clock: Clock
@@ -38,6 +40,7 @@ export class MemoryBlobStore implements BlobStore {
   readonly #onEvict: ((digest: string) => void) | undefined
   readonly #data = new Map<string, Uint8Array>()
   readonly #pieces = new Map<string, Map<number, PieceInfo>>()
+  readonly #access = new Map<string, BlobAccess>()
   #open = false
 
   constructor(components: MemoryBlobStoreComponents, init: MemoryBlobStoreInit) {
@@ -74,6 +77,7 @@ export class MemoryBlobStore implements BlobStore {
     this.#quota.blobs.set(digest, info)
     this.#data.set(digest, new Uint8Array(init.size))
     this.#pieces.set(digest, new Map())
+    this.#access.set(digest, { private: init.private === true, keys: [] })
     return { ...info }
   }
 
@@ -139,6 +143,18 @@ export class MemoryBlobStore implements BlobStore {
     if (b) b.lastUsed = this.#clock.now()
   }
 
+  async access(digest: string): Promise<BlobAccess | undefined> {
+    if (!this.#blob(digest, false)) return undefined
+    const a = this.#access.get(digest) ?? { private: false, keys: [] }
+    return { private: a.private, keys: [...a.keys] }
+  }
+
+  async grantAccess(digest: string, grant: AccessGrant): Promise<void> {
+    this.#blob(digest, true)
+    const next = grantedAccess(this.#access.get(digest) ?? { private: false, keys: [] }, grant)
+    if (next) this.#access.set(digest, next)
+  }
+
   async list(): Promise<BlobInfo[]> {
     this.#check()
     return [...this.#quota.blobs.values()].map((b) => ({ ...b }))
@@ -153,6 +169,7 @@ export class MemoryBlobStore implements BlobStore {
     this.#quota.blobs.delete(digest)
     this.#data.delete(digest)
     this.#pieces.delete(digest)
+    this.#access.delete(digest)
   }
 
   #check(): void {

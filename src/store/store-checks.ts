@@ -1,13 +1,15 @@
+import { ACCESS_KEY_BYTES, MAX_ACCESS_KEYS } from '../content/access.ts'
 import { parseDigest } from '../content/digest.ts'
 import { checkGeometry, pieceCount, pieceRange, piecesCovering } from '../content/pieces.ts'
 import {
   BlobUnknownError,
+  InternalError,
   InvalidDigestError,
   RangeNotSatisfiableError,
   SizeMismatchError
 } from '../errors.ts'
 import type { ByteRange } from '../interface/common.ts'
-import type { BeginBlobInit, BlobInfo } from '../interface/store.ts'
+import type { AccessGrant, BeginBlobInit, BlobAccess, BlobInfo } from '../interface/store.ts'
 
 /**
  * Checks a piece before any store writes it: a valid index, the exact length of its range and
@@ -87,4 +89,26 @@ export function beginRecord(
     lastUsed: now
   }
   return { info, fresh: true }
+}
+
+/**
+ * A blob's access after `grant`, shared by both stores: private once private; a key seen again
+ * moves to the newest place, and past `MAX_ACCESS_KEYS` the oldest goes. Returns undefined when
+ * nothing changed (no write needed).
+ */
+export function grantedAccess(current: BlobAccess, grant: AccessGrant): BlobAccess | undefined {
+  const key = grant.key
+  if (key !== undefined && key.length !== ACCESS_KEY_BYTES) {
+    throw new InternalError(`an access key must be ${ACCESS_KEY_BYTES} bytes, not ${key.length}`)
+  }
+  const becomesPrivate = grant.private === true && !current.private
+  const last = current.keys[current.keys.length - 1]
+  const keyIsNewest = key === undefined || (last !== undefined && Buffer.from(last).equals(key))
+  if (!becomesPrivate && keyIsNewest) return undefined
+  let keys = current.keys
+  if (key !== undefined && !keyIsNewest) {
+    keys = [...keys.filter((k) => !Buffer.from(k).equals(key)), Uint8Array.from(key)]
+    if (keys.length > MAX_ACCESS_KEYS) keys = keys.slice(keys.length - MAX_ACCESS_KEYS)
+  }
+  return { private: current.private || grant.private === true, keys }
 }

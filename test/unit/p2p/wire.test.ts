@@ -51,6 +51,8 @@ function samples(): WireMessage[] {
   return [
     { type: 'hello', digest: digest() },
     { type: 'hello', digest: digest(), pieceListId: digest() },
+    { type: 'hello', digest: digest(), proof: randomBytes(32) },
+    { type: 'hello', digest: digest(), pieceListId: digest(), proof: randomBytes(32) },
     { type: 'piece-list', bytes: plBytes },
     { type: 'bitfield', bits: Bitfield.fromBytes(Uint8Array.of(0xa0), 3).toBytes() },
     { type: 'bitfield', bits: new Uint8Array(0) },
@@ -76,7 +78,9 @@ function randomMessage(): WireMessage {
     case 0:
       return Math.random() < 0.5
         ? { type: 'hello', digest: digest() }
-        : { type: 'hello', digest: digest(), pieceListId: digest() }
+        : Math.random() < 0.5
+          ? { type: 'hello', digest: digest(), pieceListId: digest() }
+          : { type: 'hello', digest: digest(), proof: randomBytes(32) }
     case 1:
       return { type: 'piece-list', bytes: randomBytes(Math.floor(Math.random() * 4000)) }
     case 2:
@@ -223,7 +227,11 @@ describe('wire', () => {
     bad([4, 6, 0x80, 0x80, 0x10], /exceeds/) // request index 2^18
     bad([1, 7, 0], /truncated/) // piece without index
     bad([2, 7, 0], /empty/) // piece without data
-    bad([34, 1, ...new Array(32).fill(0), 2], /flag/) // hello with a bad flag
+    bad([34, 1, ...new Array(32).fill(0), 4], /flags 4/) // hello with an unknown flag
+    bad([34, 1, ...new Array(32).fill(0), 2], /truncated/) // hello announcing a proof it lacks
+    bad([65, 1, ...new Array(32).fill(0), 2, ...new Array(31).fill(7)], /truncated/) // a short proof
+    bad([67, 1, ...new Array(32).fill(0), 2, ...new Array(33).fill(7)], /trailing/) // a long proof
+    bad([66, 1, ...new Array(32).fill(0), 3, ...new Array(32).fill(7)], /truncated/) // id and proof: 32 of 64
     bad([4, 12, 0, 1, 0x61], /error code/) // reject code "a"
     bad([3, 12, 0, 100], /reject code of/) // reject code too long
     bad([6, 9, 0xff, 0xff, 0xff, 0xff, 0x0f], /busy/) // busy over 2^31 - 1
@@ -235,10 +243,37 @@ describe('wire', () => {
     assert.throws(() => decodeAll(frame.subarray(0, 1)), violation(/ended inside/))
   })
 
+  it('decodes a hello from before proofs as it did, and places a proof after the piece list id', () => {
+    const d = digest()
+    const id = digest()
+    const raw = (body: number[]) => Uint8Array.from([body.length, ...body])
+    const head = [1, ...Buffer.from(d.slice(7), 'hex')]
+    assert.deepEqual(decodeAll(raw([...head, 0])).map(norm), [{ type: 'hello', digest: d }])
+    assert.deepEqual(decodeAll(raw([...head, 1, ...Buffer.from(id.slice(7), 'hex')])).map(norm), [
+      { type: 'hello', digest: d, pieceListId: id }
+    ])
+    const proof = randomBytes(32)
+    const both = encodeFrame({ type: 'hello', digest: d, pieceListId: id, proof })
+    assert.deepEqual(
+      [...both],
+      [...raw([...head, 3, ...Buffer.from(id.slice(7), 'hex'), ...proof])],
+      'flags 3, then the id, then the proof'
+    )
+    // The decoded proof is a copy: reusing the pushed buffer does not change it.
+    const buf = Uint8Array.from(encodeFrame({ type: 'hello', digest: d, proof }))
+    const decoder = new FrameDecoder()
+    decoder.push(buf)
+    const [msg] = [...decoder.frames()]
+    buf.fill(0)
+    assert.deepEqual(msg?.type === 'hello' && [...(msg.proof ?? [])], [...proof])
+  })
+
   it('refuses to encode invalid messages', () => {
     const bad = (m: unknown) => assert.throws(() => encodeFrame(m as WireMessage), violation(/cannot encode/))
     bad({ type: 'hello', digest: 'sha256:xyz' })
     bad({ type: 'hello', digest: digest(), pieceListId: 'nope' })
+    bad({ type: 'hello', digest: digest(), proof: new Uint8Array(31) })
+    bad({ type: 'hello', digest: digest(), proof: new Uint8Array(33) })
     bad({ type: 'have', index: 1, sha256: 'ab' })
     bad({ type: 'request', index: -1 })
     bad({ type: 'request', index: 2 ** 18 })

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { afterEach, beforeEach, describe, it } from 'node:test'
+import { MAX_ACCESS_KEYS } from '../../../src/content/access.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
 import type { Clock } from '../../../src/interface/clock.ts'
@@ -498,6 +499,40 @@ export function storeConformance(
       await rejectsWithCode(() => store.setPinned(d, true), 'BLOB_UNKNOWN')
     })
 
+    it('records access: public by default, private for good, keys deduplicated and bounded', async () => {
+      const store = await open()
+      const blob = testBlob(PIECE, 'access')
+      const key = (n: number) => Uint8Array.from({ length: 32 }, () => n)
+      assert.equal(await store.access(blob.digest), undefined)
+      await rejectsWithCode(() => store.grantAccess(blob.digest, { private: true }), 'BLOB_UNKNOWN')
+      await putBlob(store, blob)
+      assert.deepEqual(await store.access(blob.digest), { private: false, keys: [] })
+      await store.grantAccess(blob.digest, { key: key(1) })
+      assert.deepEqual(await store.access(blob.digest), { private: false, keys: [key(1)] })
+      await store.grantAccess(blob.digest, { private: true, key: key(2) })
+      await store.grantAccess(blob.digest, { key: key(1) })
+      // Seen again, a key moves to the newest place; a public grant never makes it public again.
+      assert.deepEqual(await store.access(blob.digest), { private: true, keys: [key(2), key(1)] })
+      await store.grantAccess(blob.digest, { private: false })
+      assert.equal((await store.access(blob.digest))?.private, true)
+      for (let n = 3; n < 3 + MAX_ACCESS_KEYS; n++) await store.grantAccess(blob.digest, { key: key(n) })
+      const keys = (await store.access(blob.digest))?.keys ?? []
+      assert.equal(keys.length, MAX_ACCESS_KEYS)
+      assert.deepEqual(keys[0], key(3), 'the oldest keys went first')
+      assert.deepEqual(keys.at(-1), key(2 + MAX_ACCESS_KEYS))
+      await assert.rejects(() => store.grantAccess(blob.digest, { key: new Uint8Array(5) }), {
+        code: 'INTERNAL'
+      })
+      // A blob begun private is private before its first piece; deleted, its access goes too.
+      const other = testBlob(PIECE, 'access-private')
+      await store.begin(other.digest, { size: other.size, pieceSize: PIECE, private: true })
+      assert.deepEqual(await store.access(other.digest), { private: true, keys: [] })
+      await store.delete(other.digest)
+      assert.equal(await store.access(other.digest), undefined)
+      await store.begin(other.digest, { size: other.size, pieceSize: PIECE })
+      assert.deepEqual(await store.access(other.digest), { private: false, keys: [] })
+    })
+
     it('throws STORE_CLOSED after stop (and stop is idempotent)', async () => {
       const store = await open()
       const blob = testBlob(PIECE, 'closed')
@@ -516,6 +551,8 @@ export function storeConformance(
         ['delete', () => store.delete(blob.digest)],
         ['setPinned', () => store.setPinned(blob.digest, true)],
         ['touch', () => store.touch(blob.digest)],
+        ['access', () => store.access(blob.digest)],
+        ['grantAccess', () => store.grantAccess(blob.digest, { private: true })],
         ['list', () => store.list()],
         ['usage', async () => store.usage()]
       ]

@@ -185,6 +185,28 @@ describe('LevelBlobStore on disk', () => {
     assert.deepEqual(await collect(store.stream(missing.digest)), missing.bytes)
   })
 
+  it('keeps access across restarts: the private flag and the keys, in order', async () => {
+    const a = testBlob(PIECE + 3, 'access-a')
+    const b = testBlob(PIECE, 'access-b')
+    const key = (n: number) => Uint8Array.from({ length: 32 }, () => n)
+    let store = await openStore()
+    await putBlob(store, a)
+    await store.grantAccess(a.digest, { private: true, key: key(7) })
+    await store.grantAccess(a.digest, { key: key(9) })
+    // A partial blob begun private, then a touch and a pin: each rewrite of the record keeps it.
+    await store.begin(b.digest, { size: b.size, pieceSize: PIECE, private: true })
+    await store.setPinned(b.digest, true)
+    await store.touch(a.digest)
+    await store.stop()
+    store = await openStore()
+    assert.deepEqual(await store.access(a.digest), { private: true, keys: [key(7), key(9)] })
+    assert.deepEqual(await store.access(b.digest), { private: true, keys: [] })
+    await putBlob(store, b)
+    await store.stop()
+    store = await openStore()
+    assert.deepEqual(await store.access(b.digest), { private: true, keys: [] }, 'complete keeps it')
+  })
+
   it('keeps complete blobs across restarts, with lastUsed, pinned and mediaType', async () => {
     const a = testBlob(PIECE + 3, 'survive-a')
     const b = testBlob(0, 'survive-b')
