@@ -6,7 +6,7 @@ import type { ShoalMetrics } from './api/metrics.ts'
 import { ConfigInvalidError } from './errors.ts'
 import { TokenBucket } from './fetch/token-bucket.ts'
 import type { Startable } from './interface/common.ts'
-import type { BlobPeers, PeerSource } from './interface/peers.ts'
+import type { AnnounceOptions, BlobPeers, JoinOptions, PeerSource } from './interface/peers.ts'
 import type { BlobStore } from './interface/store.ts'
 import { DhtContentRouting } from './p2p/content-routing.ts'
 import { loadOrCreatePrivateKey } from './p2p/identity.ts'
@@ -52,9 +52,9 @@ export class Swarm implements Startable {
   readonly #bans = new PeerBans()
 
   readonly peers: PeerSource = {
-    join: (digest: string, options?: { size?: number }): BlobPeers | undefined =>
+    join: (digest: string, options?: JoinOptions): BlobPeers | undefined =>
       this.#source?.join(digest, options),
-    announce: (digest: string) => this.#source?.announce(digest),
+    announce: (digest: string, options?: AnnounceOptions) => this.#source?.announce(digest, options),
     withdraw: (digest: string) => this.#source?.withdraw(digest)
   }
 
@@ -125,14 +125,18 @@ export class Swarm implements Startable {
     metrics?.swarmPeers.reset()
     this.#peersGauge = setInterval(() => metrics?.swarmPeers.set(node.peers().length), 1000)
     this.#peersGauge.unref()
-    // Re-announce what the store already holds (after a restart), in the background.
+    // Re-announce what the store already holds (after a restart), in the background: a private
+    // blob only under the rendezvous keys of the manifests recorded for it.
     const source = this.#source
-    this.#store.list().then(
-      (blobs) => {
-        for (const b of blobs) if (b.complete) source.announce(b.digest)
-      },
-      () => undefined
-    )
+    const store = this.#store
+    void (async () => {
+      for (const b of await store.list()) {
+        if (!b.complete) continue
+        const access = await store.access(b.digest)
+        if (access === undefined) continue
+        source.announce(b.digest, access)
+      }
+    })().catch(() => undefined)
   }
 
   async stop(): Promise<void> {

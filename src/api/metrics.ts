@@ -48,6 +48,17 @@ export class ShoalMetrics {
     registers: [this.registry]
   })
 
+  /**
+   * Sessions refused because a peer asked for a private blob without a valid proof of access
+   * (`no-proof`, `bad-proof`): peers without the manifest, or holding another manifest's key.
+   */
+  readonly peerAccessDenied = new Counter({
+    name: 'shoal_peer_access_denied_total',
+    help: 'Peer sessions refused for a private blob without a valid proof of access, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry]
+  })
+
   /** Pieces served to peers from blobs this node had not finished: sharing while downloading. */
   readonly partialPiecesServed = new Counter({
     name: 'shoal_partial_pieces_served_total',

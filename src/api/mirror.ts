@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
+import { accessKey } from '../content/access.ts'
 import { parseDigest } from '../content/digest.ts'
 import { BadRequestError, httpStatusOf, NotFoundError, toShoalError } from '../errors.ts'
 import type { BlobFetcher } from '../fetch/blob-fetcher.ts'
@@ -202,9 +203,10 @@ export class RegistryMirror implements Startable {
       return // served verbatim; the runtime will judge it
     }
     if (parsed.kind !== 'manifest') return
+    const key = accessKey(bytes)
     for (const d of [parsed.config, ...parsed.layers]) {
       this.#c.fetcher
-        .fetch({ digest: d.digest, size: d.size, mediaType: d.mediaType, ...at })
+        .fetch({ digest: d.digest, size: d.size, mediaType: d.mediaType, ...at, accessKey: key })
         .catch((err) =>
           this.#log.debug({ digest: d.digest, err: toShoalError(err).message }, 'prefetch failed')
         )
@@ -237,7 +239,10 @@ export class RegistryMirror implements Startable {
           size: hint?.size,
           mediaType: hint?.mediaType,
           registry: r.registry,
-          repository: r.repository
+          repository: r.repository,
+          // The key of the manifest that named it, if one passed through: without it a private
+          // blob cannot be had from peers and comes from the registry.
+          accessKey: hint?.accessKey
         },
         { signal: r.signal }
       )

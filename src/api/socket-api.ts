@@ -261,7 +261,8 @@ export class SocketApi implements Startable {
         registry: r.registry,
         repository: r.repository,
         size: hint?.size,
-        mediaType: hint?.mediaType
+        mediaType: hint?.mediaType,
+        accessKey: hint?.accessKey
       }
     }
     if (hint) return { digest, ...hint }

@@ -26,6 +26,11 @@ export interface BlobRequest {
   mediaType?: string
   registry: string
   repository: string
+  /**
+   * The access key of the manifest the blob was named by (content/access.ts): it lets peers
+   * holding the blob privately serve it. Without it a private blob comes from the registry.
+   */
+  accessKey?: Uint8Array | undefined
 }
 
 export interface FetchBlobOptions extends AbortOptions {
@@ -110,6 +115,7 @@ export class BlobFetcher implements Startable {
     const existing = await this.#c.store.stat(req.digest, options)
     if (existing?.complete) {
       await this.#c.store.touch(req.digest)
+      await this.#recordAccess(req, options, true)
       options.onProgress?.({
         digest: req.digest,
         size: existing.size,
@@ -120,6 +126,7 @@ export class BlobFetcher implements Startable {
       return existing
     }
     const transfer = await this.#transfer(req, options)
+    await this.#joinedAccess(req, options)
     const off = options.onProgress ? transfer.onProgress(options.onProgress) : undefined
     try {
       if (options.onProgress) options.onProgress(transfer.progress())
@@ -145,9 +152,11 @@ export class BlobFetcher implements Startable {
     const existing = await this.#c.store.stat(req.digest, options)
     if (existing?.complete) {
       checkRange(range, existing.size)
+      await this.#recordAccess(req, options, true)
       return existing
     }
     const transfer = await this.#transfer(req, options)
+    await this.#joinedAccess(req, options)
     checkRange(range, transfer.size)
     const done = transfer.run()
     done.catch(() => {}) // failures reach the caller through waitFor
@@ -168,6 +177,41 @@ export class BlobFetcher implements Startable {
         startedAt: t.startedAt
       }
     })
+  }
+
+  /**
+   * Records in the store what this request knows of the blob's access: private when its registry
+   * takes credentials, and the key of the manifest that named it. A complete blob with a new key
+   * is advertised under it, so peers with that manifest find this node.
+   */
+  async #recordAccess(req: BlobRequest, options: AbortOptions, complete = false): Promise<void> {
+    const isPrivate = this.#isPrivate(req)
+    if (!isPrivate && req.accessKey === undefined) return
+    await this.#c.store.grantAccess(
+      req.digest,
+      { private: isPrivate, ...(req.accessKey && { key: req.accessKey }) },
+      options
+    )
+    if (!complete) return
+    const access = await this.#c.store.access(req.digest, options)
+    if (access?.private && req.accessKey) {
+      this.#c.peers?.announce(req.digest, { private: true, keys: [req.accessKey] })
+    }
+  }
+
+  /**
+   * A request that joined a transfer another one started adds what it knows of the blob. The
+   * transfer may have failed and dropped the blob meanwhile: that failure is the one to report.
+   */
+  async #joinedAccess(req: BlobRequest, options: AbortOptions): Promise<void> {
+    await this.#recordAccess(req, options).catch((err: unknown) =>
+      this.#log.debug({ digest: req.digest, err: (err as Error).message }, 'access not recorded')
+    )
+  }
+
+  /** Blobs of a registry we hold credentials for are private (docs/decisions/0011-private-blobs.md). */
+  #isPrivate(req: BlobRequest): boolean {
+    return this.#c.upstreams.resolve(req.registry).credentialed === true
   }
 
   #transfer(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
@@ -195,8 +239,13 @@ export class BlobFetcher implements Startable {
 
   async #open(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
     const upstream = this.#c.upstreams.resolve(req.registry)
+    const isPrivate = this.#isPrivate(req)
     const known = await this.#c.store.stat(req.digest, options)
-    const peers = this.#c.peers?.join(req.digest, { ...(req.size !== undefined && { size: req.size }) })
+    const peers = this.#c.peers?.join(req.digest, {
+      ...(req.size !== undefined && { size: req.size }),
+      accessKey: req.accessKey,
+      private: isPrivate
+    })
     try {
       // A blob's size comes from its descriptor. Alone, pieces have the configured size; in a
       // swarm, a size that depends on the blob's size only (the configured one is the cap), as
@@ -213,9 +262,16 @@ export class BlobFetcher implements Startable {
         geometry?.size ?? req.size ?? (await upstream.statBlob(req.repository, req.digest, options)).size
       const info = await this.#c.store.begin(
         req.digest,
-        { size, pieceSize: geometry?.pieceSize ?? this.#pieceSize, mediaType: req.mediaType },
+        {
+          size,
+          pieceSize: geometry?.pieceSize ?? this.#pieceSize,
+          mediaType: req.mediaType,
+          private: isPrivate
+        },
         options
       )
+      // Before the transfer is published: peers meet the blob's access from its first piece.
+      await this.#recordAccess(req, options)
       const held = await this.#c.store.pieces(req.digest, options)
       if (held.length > 0) this.#log.info({ digest: req.digest, held: held.length }, 'resuming partial blob')
       const transfer = new BlobTransfer(

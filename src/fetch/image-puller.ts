@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { accessKey } from '../content/access.ts'
 import { InvalidManifestError } from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { AbortOptions } from '../interface/common.ts'
@@ -108,6 +109,8 @@ export class ImagePuller {
       platform,
       blobs: blobs.map((b) => ({ digest: b.digest, size: b.size, mediaType: b.mediaType, kind: b.kind }))
     })
+    // The platform manifest's key, not the index's: it is the manifest that lists the blobs.
+    const key = accessKey(m.bytes)
     const totals: Partial<Record<ByteOrigin, number>> = {}
     const seen = new Set<string>()
     await Promise.all(
@@ -116,7 +119,7 @@ export class ImagePuller {
         seen.add(b.digest)
         let last: BlobProgress | undefined
         await this.#c.fetcher.fetch(
-          { digest: b.digest, size: b.size, mediaType: b.mediaType, ...at },
+          { digest: b.digest, size: b.size, mediaType: b.mediaType, ...at, accessKey: key },
           {
             signal: options.signal,
             onProgress: (p) => {

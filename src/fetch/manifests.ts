@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { accessKey } from '../content/access.ts'
 import { isDigest, parseDigest } from '../content/digest.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type { BlobStore } from '../interface/store.ts'
@@ -12,6 +13,8 @@ export interface BlobHint {
   mediaType: string
   registry: string
   repository: string
+  /** The access key of that manifest (content/access.ts): how peers holding it privately serve it. */
+  accessKey: Uint8Array
 }
 
 export interface ManifestRequest extends AbortOptions {
@@ -44,7 +47,8 @@ export interface ManifestResolverInit {
  * Manifests and indexes: tags always go to the seed (tags are mutable and the registry is their
  * authority); a digest is served from the store when present, since its digest verifies it.
  * Every manifest that passes through is kept in the store and its descriptors remembered, so a
- * later blob request knows the blob's size without asking the seed.
+ * later blob request knows the blob's size without asking the seed, and the manifest's access key.
+ * A manifest from a registry we hold credentials for is private in the store: never served to peers.
  */
 export class ManifestResolver {
   readonly #c: ManifestResolverComponents
@@ -76,7 +80,11 @@ export class ManifestResolver {
       this.#c.store,
       m.digest,
       m.bytes,
-      { mediaType: m.mediaType, source: upstream.kind === 'registry' ? 'registry' : 'oci-layout' },
+      {
+        mediaType: m.mediaType,
+        source: upstream.kind === 'registry' ? 'registry' : 'oci-layout',
+        private: upstream.credentialed === true
+      },
       req
     )
     return { ...m, from: 'upstream' }
@@ -98,8 +106,9 @@ export class ManifestResolver {
   parse(bytes: Uint8Array, mediaType: string, at: { registry: string; repository: string }): ParsedManifest {
     const parsed = parseManifest(bytes, mediaType)
     if (parsed.kind === 'manifest') {
+      const key = accessKey(bytes)
       for (const d of [parsed.config, ...parsed.layers]) {
-        this.#remember(d.digest, { size: d.size, mediaType: d.mediaType, ...at })
+        this.#remember(d.digest, { size: d.size, mediaType: d.mediaType, ...at, accessKey: key })
       }
     }
     return parsed

@@ -80,10 +80,10 @@ export interface BlobPeers {
   /** Open sessions now. */
   sessions(): PeerBlobSession[]
   /**
-   * Peers known to be on this blob, with a session or not yet (heard of through peer exchange or
-   * because they asked us): how many share the registry's work. At least `sessions().length`.
+   * Ids of the peers known to be on this blob, with a session or not yet (heard of through peer
+   * exchange or because they asked us): those that share the registry's work.
    */
-  swarmSize?(): number
+  swarmMembers?(): string[]
   /** Called when a session opens or closes, or a peer reports a piece. */
   onChange(fn: () => void): () => void
   /** Lets peers fetch from this node's transfer while it runs. */
@@ -94,15 +94,38 @@ export interface BlobPeers {
   leave(complete: boolean): void
 }
 
+/** How a fetch shows peers it may have a blob, and how private the blob is on this node. */
+export interface JoinOptions {
+  /** The blob's size when known (from its descriptor). */
+  size?: number
+  /**
+   * The access key of the manifest the blob was requested through (content/access.ts): sessions
+   * carry a proof made with it, and a private blob's holders are found under a key derived from it.
+   */
+  accessKey?: Uint8Array | undefined
+  /** The blob is private on this node: never advertised under its digest. */
+  private?: boolean
+}
+
+/** What `announce` needs to know of a blob's access (see `BlobAccess` in store.ts). */
+export interface AnnounceOptions {
+  private?: boolean
+  /** Access keys of manifests referencing a private blob: it is advertised under keys derived from them. */
+  keys?: readonly Uint8Array[]
+}
+
 /**
  * Where the fetcher finds peers (implemented over the swarm: DHT providers plus the piece
  * protocol). The fetcher never knows more than this.
  */
 export interface PeerSource {
   /** Joins the swarm of a blob: advertises it at once and looks for peers that hold it (undefined while the swarm is down). */
-  join(digest: string, options?: { size?: number }): BlobPeers | undefined
-  /** Tells the swarm this node holds the blob (complete and verified), e.g. after a restart. */
-  announce(digest: string): void
+  join(digest: string, options?: JoinOptions): BlobPeers | undefined
+  /**
+   * Tells the swarm this node holds the blob (complete and verified), e.g. after a restart. A
+   * private blob is advertised only under keys derived from its manifests' access keys.
+   */
+  announce(digest: string, options?: AnnounceOptions): void
   /** Stops announcing a blob this node no longer holds. */
   withdraw(digest: string): void
 }

@@ -42,6 +42,12 @@ export interface Upstream {
   readonly kind: 'registry' | 'oci-layout'
   /** The registry host (or layout name) this upstream serves, e.g. `docker.io`. */
   readonly name: string
+  /**
+   * True when requests to it carry credentials configured for it (basic, a static token, or
+   * bearer tokens obtained with them): what it serves may be private, and blobs from it are
+   * served to peers only against a proof of access (docs/decisions/0011-private-blobs.md).
+   */
+  readonly credentialed?: boolean
   /** GET a manifest or index by tag or digest. Verifies the bytes when `reference` is a digest. */
   getManifest(
     repository: string,

@@ -42,6 +42,8 @@ export interface ClientSessionInit {
   digest: string
   /** The blob's size when the caller knows it: a peer declaring another is refused. */
   size: number | undefined
+  /** A proof of access to the blob (content/access.ts), sent with the hello. */
+  proof?: Uint8Array
   requestTimeoutMs: number
   stats: ClientStats
   log: Logger
@@ -190,7 +192,8 @@ export class ClientSession implements PeerBlobSession {
       if (this.#stream.status !== 'open') {
         this.#fail(new UpstreamUnavailableError(`stream to ${this.peerId} closed at once`), false)
       } else {
-        sendFrame(this.#stream, { type: 'hello', digest: this.#init.digest })
+        const proof = this.#init.proof
+        sendFrame(this.#stream, { type: 'hello', digest: this.#init.digest, ...(proof && { proof }) })
       }
       await done
     } finally {

@@ -14,6 +14,7 @@ import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { second } from '../constants.ts'
+import { accessProof } from '../content/access.ts'
 import { isDigest } from '../content/digest.ts'
 import {
   AbortedError,
@@ -91,6 +92,11 @@ export interface OpenSessionOptions extends AbortOptions {
   size?: number | undefined
   /** Deadline for the whole opening, in ms (default: the exchange's `openTimeoutMs`). */
   timeoutMs?: number
+  /**
+   * The access key of a manifest referencing the blob: the hello carries a proof made with it,
+   * bound to this node and the peer, so a peer holding the blob privately may serve it.
+   */
+  accessKey?: Uint8Array | undefined
 }
 
 /** Counters of a `PieceExchange` (for metrics and tests). */
@@ -291,10 +297,12 @@ export class PieceExchange implements Startable {
       } catch (err) {
         throw mapError(err)
       }
+      const key = options.accessKey
       const session = new ClientSession(stream, {
         peerId: peer.peerId,
         digest,
         size: options.size,
+        ...(key !== undefined && { proof: accessProof(key, digest, this.#node.peerId, peer.peerId) }),
         requestTimeoutMs: this.#requestTimeoutMs,
         stats: this.stats,
         log: this.#log,
@@ -342,6 +350,8 @@ export class PieceExchange implements Startable {
       stats: this.stats,
       log: this.#log,
       peerId,
+      localPeerId: this.#node.peerId,
+      onDenied: (reason) => this.#metrics?.peerAccessDenied.inc({ reason }),
       helloTimeoutMs: this.#openTimeoutMs,
       live: (digest) => this.#liveBlob(digest, EXPECT_WAIT_MS),
       onInterest: (p, digest) => {
@@ -367,7 +377,8 @@ export class PieceExchange implements Startable {
   async #swarmPeers(digest: string, asker: string): Promise<WirePeer[]> {
     const ids = new Set<string>()
     for (const s of this.#outbound) if (s.digest === digest) ids.add(s.peerId)
-    for (const s of this.#served) if (s.digest === digest) ids.add(s.peerId)
+    // Only sessions being served: one refused (a private blob, no proof) is no peer of the blob.
+    for (const s of this.#served) if (s.digest === digest && s.serving) ids.add(s.peerId)
     for (const id of this.recentAskers(digest)) ids.add(id)
     ids.delete(asker)
     const libp2p = this.#node.libp2p

@@ -5,12 +5,19 @@
  * one `have` per held piece with its hash, one `fetching` per piece on its way from the registry,
  * and then the same news as the transfer makes it. Requests are answered in order, one piece at
  * a time, honouring the stream's backpressure and the node's upload rate.
+ *
+ * A private blob (docs/decisions/0011-private-blobs.md) is described only to a client whose hello
+ * carries a proof made with one of the access keys the store recorded for it; any other client
+ * hears `BLOB_UNKNOWN`, as if this node did not hold it, and so learns nothing of the blob: not
+ * its piece hashes, not what is being fetched, not who else is on it.
  */
 import type { Stream } from '@libp2p/interface'
 import type { Logger } from 'pino'
+import { verifyAccessProof } from '../content/access.ts'
 import { encodePieceList } from '../content/piece-list.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
 import {
+  AccessDeniedError,
   BlobUnknownError,
   ProtocolViolationError,
   RangeNotSatisfiableError,
@@ -42,6 +49,10 @@ export interface ServedSessionInit {
   helloTimeoutMs: number
   /** The peer on the other end. */
   peerId: string
+  /** This node's peer id: a proof of access is bound to it. */
+  localPeerId: string
+  /** Told when a client is refused a private blob (`no-proof` or `bad-proof`). */
+  onDenied?: (reason: 'no-proof' | 'bad-proof') => void
   /** This node's transfer of a blob, when one is running. */
   live: (digest: string) => Promise<LiveBlob | undefined> | LiveBlob | undefined
   /** Told when a peer asks for a blob this node is fetching too (it may serve us as well). */
@@ -85,6 +96,11 @@ export class ServedSession {
   /** The blob asked for ('' until the hello). */
   get digest(): string {
     return this.#digest
+  }
+
+  /** True while the blob is being described or served to the client (not refused, not closed). */
+  get serving(): boolean {
+    return this.#state === 'serving'
   }
 
   constructor(stream: Stream, init: ServedSessionInit) {
@@ -149,7 +165,7 @@ export class ServedSession {
       clearTimeout(this.#helloTimer)
       this.#state = 'preparing'
       this.#digest = msg.digest
-      void this.#hello(msg.digest)
+      void this.#hello(msg.digest, msg.proof)
       return
     }
     switch (msg.type) {
@@ -176,7 +192,7 @@ export class ServedSession {
     }
   }
 
-  async #hello(digest: string): Promise<void> {
+  async #hello(digest: string, proof: Uint8Array | undefined): Promise<void> {
     const { store } = this.#init
     const signal = this.#abort.signal
     try {
@@ -185,6 +201,7 @@ export class ServedSession {
       const info = await store.stat(digest, { signal })
       if (this.#state !== 'preparing') return
       if (info?.complete) {
+        if (!(await this.#mayServe(digest, proof, signal))) return
         await this.#describeComplete(info, signal)
         return
       }
@@ -195,11 +212,32 @@ export class ServedSession {
         this.#reject(0, BlobUnknownError.code)
         return
       }
+      // Checked after the transfer is found: it records the blob's access before it publishes.
+      if (!(await this.#mayServe(digest, proof, signal))) return
       this.#describePartial(live)
       this.#init.onInterest(this.peerId, digest)
     } catch (err) {
       this.abort(toError(err))
     }
+  }
+
+  /**
+   * True when the client may have the blob: it is public, or the proof verifies against a key
+   * recorded for it. Otherwise answers `BLOB_UNKNOWN` (not `ACCESS_DENIED`: that would tell
+   * anyone sending a made-up proof that this node holds the blob) and closes. A blob with no
+   * record in the store counts as private: there is nothing to serve from it anyway.
+   */
+  async #mayServe(digest: string, proof: Uint8Array | undefined, signal: AbortSignal): Promise<boolean> {
+    const access = await this.#init.store.access(digest, { signal })
+    if (this.#state !== 'preparing') return false
+    if (access !== undefined && !access.private) return true
+    if (verifyAccessProof(access?.keys ?? [], proof, digest, this.peerId, this.#init.localPeerId)) return true
+    const reason = proof === undefined ? 'no-proof' : 'bad-proof'
+    const err = new AccessDeniedError(`peer ${this.peerId} showed no access to ${digest} (${reason})`)
+    this.#log.debug({ peer: this.peerId, digest, code: err.code, reason }, 'private blob refused')
+    this.#init.onDenied?.(reason)
+    this.#reject(0, BlobUnknownError.code)
+    return false
   }
 
   async #describeComplete(info: BlobInfo, signal: AbortSignal): Promise<void> {

@@ -4,12 +4,25 @@
  * finding providers on a backoff schedule and opens a piece-protocol session with each, up to a
  * cap. A peer that opens a session with us about a blob we are fetching is one more source: we
  * open a session back. Banned peers are skipped; sessions close when the fetcher leaves.
+ *
+ * A private blob (docs/decisions/0011-private-blobs.md) is never advertised under its digest:
+ * only under a rendezvous key derived from the access key of a manifest referencing it, which
+ * only nodes that read the manifest can compute. Sessions carry a proof made with that key.
  */
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
+import { rendezvousDigest } from '../content/access.ts'
 import { BlobUnknownError } from '../errors.ts'
 import type { AbortOptions } from '../interface/common.ts'
-import type { BlobGeometry, BlobPeers, LiveBlob, PeerBlobSession, PeerSource } from '../interface/peers.ts'
+import type {
+  AnnounceOptions,
+  BlobGeometry,
+  BlobPeers,
+  JoinOptions,
+  LiveBlob,
+  PeerBlobSession,
+  PeerSource
+} from '../interface/peers.ts'
 import { shuffle } from '../shuffle.ts'
 import type { DhtContentRouting } from './content-routing.ts'
 import type { PeerBans } from './peer-bans.ts'
@@ -49,16 +62,31 @@ const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 400, 800, 1600, 3200, 5000]
 // A peer that did not serve a blob is asked again no sooner than this.
 const RETRY_PEER_MS = 1000
 // After the first session of the first round, how long the other attempts may take to count.
-const ROUND_GRACE_MS = 1000
+const ROUND_GRACE_MS = 500
 // A session cut under us is opened again after this.
 const RECONNECT_MS = 50
+// A private blob held is advertised under the rendezvous keys of its newest manifests only.
+const MAX_ANNOUNCED_KEYS = 4
+
+/** A joined blob: its size, how to show access to it, and the DHT key its swarm meets under. */
+interface JoinedBlob {
+  digest: string
+  size: number | undefined
+  accessKey: Uint8Array | undefined
+  private: boolean
+  /** Undefined for a private blob requested without a manifest: it has no swarm to find. */
+  routingKey: string | undefined
+}
 
 /** See the module comment. */
 export class SwarmPeerSource implements PeerSource {
   readonly #c: SwarmPeerSourceComponents
   readonly #init: Required<SwarmPeerSourceInit>
   readonly #log: Logger
+  /** DHT keys this node provides: digests, and rendezvous keys of private blobs. */
   readonly #announced = new Set<string>()
+  /** The DHT keys each blob is provided under. */
+  readonly #keysOf = new Map<string, Set<string>>()
 
   constructor(components: SwarmPeerSourceComponents, init: SwarmPeerSourceInit = {}) {
     this.#c = components
@@ -72,33 +100,68 @@ export class SwarmPeerSource implements PeerSource {
     this.#log = components.logger.child({ component: 'swarm' })
   }
 
-  join(digest: string, options: { size?: number } = {}): BlobPeers {
-    this.announce(digest)
-    return new BlobSwarm(this.#c, this.#init, this.#log, digest, options.size, (complete) => {
+  join(digest: string, options: JoinOptions = {}): BlobPeers {
+    const isPrivate = options.private === true
+    const routingKey =
+      options.accessKey !== undefined && isPrivate
+        ? rendezvousDigest(options.accessKey, digest)
+        : isPrivate
+          ? undefined
+          : digest
+    if (routingKey !== undefined) this.#provide(digest, routingKey)
+    const blob: JoinedBlob = {
+      digest,
+      size: options.size,
+      accessKey: options.accessKey,
+      private: isPrivate,
+      routingKey
+    }
+    return new BlobSwarm(this.#c, this.#init, this.#log, blob, (complete) => {
       if (!complete) this.withdraw(digest)
     })
   }
 
-  announce(digest: string): void {
-    if (this.#announced.has(digest)) return
-    this.#announced.add(digest)
+  announce(digest: string, options: AnnounceOptions = {}): void {
+    if (!options.private) {
+      this.#provide(digest, digest)
+      return
+    }
+    for (const key of (options.keys ?? []).slice(-MAX_ANNOUNCED_KEYS)) {
+      this.#provide(digest, rendezvousDigest(key, digest))
+    }
+  }
+
+  #provide(digest: string, routingKey: string): void {
+    let keys = this.#keysOf.get(digest)
+    if (keys === undefined) {
+      keys = new Set()
+      this.#keysOf.set(digest, keys)
+    }
+    keys.add(routingKey)
+    if (this.#announced.has(routingKey)) return
+    this.#announced.add(routingKey)
     const metrics = this.#c.metrics
-    this.#c.routing.provide(digest).then(
+    this.#c.routing.provide(routingKey).then(
       (accepted) => {
         metrics?.dhtOperations.inc({ op: 'provide', outcome: 'ok' })
         this.#log.debug({ digest, accepted }, 'announced')
       },
       (err) => {
         metrics?.dhtOperations.inc({ op: 'provide', outcome: 'error' })
-        this.#announced.delete(digest)
+        this.#announced.delete(routingKey)
+        this.#keysOf.get(digest)?.delete(routingKey)
         this.#log.warn({ digest, err: (err as Error).message }, 'announce failed')
       }
     )
   }
 
   withdraw(digest: string): void {
-    if (!this.#announced.delete(digest)) return
-    this.#c.routing.stopProviding(digest).catch(() => undefined)
+    const keys = this.#keysOf.get(digest)
+    this.#keysOf.delete(digest)
+    for (const key of keys ?? []) {
+      if (!this.#announced.delete(key)) continue
+      this.#c.routing.stopProviding(key).catch(() => undefined)
+    }
   }
 
   /** Blobs announced so far. */
@@ -114,7 +177,7 @@ class BlobSwarm implements BlobPeers {
   readonly #init: Required<SwarmPeerSourceInit>
   readonly #log: Logger
   readonly #digest: string
-  readonly #size: number | undefined
+  readonly #blob: JoinedBlob
   readonly #onLeave: (complete: boolean) => void
   readonly #sessions = new Map<string, ClientSession>()
   /** Peers heard to be on this blob: sessions, askers, peer exchange. */
@@ -136,23 +199,25 @@ class BlobSwarm implements BlobPeers {
     c: SwarmPeerSourceComponents,
     init: Required<SwarmPeerSourceInit>,
     log: Logger,
-    digest: string,
-    size: number | undefined,
+    blob: JoinedBlob,
     onLeave: (complete: boolean) => void
   ) {
+    const digest = blob.digest
     this.localPeerId = c.peerId
     this.#c = c
     this.#init = init
     this.#log = log
     this.#digest = digest
-    this.#size = size
+    this.#blob = blob
     this.#onLeave = onLeave
     this.#offInterest = c.exchange.onInterest((peerId, d) => {
       // It just asked us about this blob: it is fetching it too, whatever it said before.
       this.#retryAt.delete(peerId)
       if (d === digest) void this.#connect({ peerId, addresses: [] })
     })
-    this.#unexpect = c.exchange.expect(digest)
+    // A hello for a private blob must not wait for its transfer: how long the answer takes would
+    // tell a peer without access that this node is about to hold it.
+    this.#unexpect = blob.private ? () => {} : c.exchange.expect(digest)
     this.#ready = this.#discover()
   }
 
@@ -173,12 +238,10 @@ class BlobSwarm implements BlobPeers {
     return [...this.#sessions.values()].filter((s) => s.open)
   }
 
-  swarmSize(): number {
+  swarmMembers(): string[] {
     for (const id of this.#c.exchange.recentAskers(this.#digest)) this.#heard.add(id)
     for (const id of this.#sessions.keys()) this.#heard.add(id)
-    let n = 0
-    for (const id of this.#heard) if (!this.#c.bans.isBanned(id)) n++
-    return n
+    return [...this.#heard].filter((id) => !this.#c.bans.isBanned(id))
   }
 
   onChange(fn: () => void): () => void {
@@ -213,9 +276,14 @@ class BlobSwarm implements BlobPeers {
   async #discover(): Promise<BlobGeometry | undefined> {
     const nearby = this.#nearby()
     const neighbours = nearby.map((p) => this.#connect(p))
-    const found = await this.#find()
-    const attempts = [...neighbours, ...found.map((p) => this.#connect(p))]
-    let first = await firstOf(attempts)
+    // The DHT answers in parallel: neighbours usually answer first.
+    const viaDht = this.#find().then((found) => Promise.allSettled(found.map((p) => this.#connect(p))))
+    const fromDht = viaDht.then((results) => {
+      for (const r of results) if (r.status === 'fulfilled' && r.value) return r.value
+      return undefined
+    })
+    const attempts: Promise<unknown>[] = [...neighbours, viaDht]
+    let first = await firstOf([...neighbours, fromDht])
     if (!first && nearby.length > 0) {
       // Neighbours that have not started on the blob yet (BLOB_UNKNOWN): in a flash crowd they
       // do within a moment. Ask once more before going it alone.
@@ -272,8 +340,10 @@ class BlobSwarm implements BlobPeers {
 
   async #find(): Promise<SessionPeer[]> {
     const metrics = this.#c.metrics
+    const key = this.#blob.routingKey
+    if (key === undefined) return []
     try {
-      const found = await this.#c.routing.findProviders(this.#digest, {
+      const found = await this.#c.routing.findProviders(key, {
         limit: this.#init.maxPeers * 2,
         timeoutMs: this.#init.findTimeoutMs,
         signal: this.#abort.signal
@@ -297,7 +367,8 @@ class BlobSwarm implements BlobPeers {
     this.#opening.add(id)
     try {
       const session = await this.#c.exchange.openSession(peer, this.#digest, {
-        size: this.#size,
+        size: this.#blob.size,
+        accessKey: this.#blob.accessKey,
         timeoutMs: this.#init.openTimeoutMs,
         signal: this.#abort.signal
       })

@@ -108,6 +108,7 @@ interface Exchange {
 export class RegistryUpstream implements Upstream {
   readonly kind = 'registry' as const
   readonly name: string
+  readonly credentialed: boolean
   readonly #log: Logger
   readonly #clock: Clock
   readonly #base: URL
@@ -119,6 +120,10 @@ export class RegistryUpstream implements Upstream {
 
   constructor(components: RegistryUpstreamComponents, init: RegistryUpstreamInit) {
     this.name = init.name
+    // Known before any request: a repository that does not challenge is still treated as private
+    // (a false positive costs peers without the manifest a trip to the registry, nothing more).
+    this.credentialed =
+      init.token !== undefined || (init.username !== undefined && init.password !== undefined)
     this.#init = init
     this.#log = components.logger.child({ component: 'registry-upstream', registry: init.name })
     this.#clock = components.clock ?? systemClock
