@@ -16,6 +16,8 @@ import type {
 export class MemoryUpstream implements Upstream, UpstreamResolver {
   readonly kind = 'registry' as const
   readonly name = 'memory.test'
+  /** As if credentials were configured for it: what it serves is private. */
+  credentialed = false
   readonly blobs = new Map<string, Uint8Array>()
   readonly manifests = new Map<string, { bytes: Uint8Array; mediaType: string }>()
   readonly tags = new Map<string, string>()

@@ -5,19 +5,23 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import { ShoalMetrics } from '../../../src/api/metrics.ts'
 import { systemClock } from '../../../src/clock.ts'
+import { accessKey } from '../../../src/content/access.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
 import { AbortedError, DigestMismatchError, UpstreamUnavailableError } from '../../../src/errors.ts'
 import { BlobFetcher } from '../../../src/fetch/blob-fetcher.ts'
 import { ENDGAME_PIECES } from '../../../src/fetch/piece-picker.ts'
 import type {
+  AnnounceOptions,
   BlobGeometry,
   BlobPeers,
+  JoinOptions,
   LiveBlob,
   PeerBlobSession,
   PeerEvent,
   PeerSource
 } from '../../../src/interface/peers.ts'
+import type { BlobAccess } from '../../../src/interface/store.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
 import { MemoryUpstream } from './memory-upstream.ts'
 
@@ -122,6 +126,9 @@ class MemorySwarm implements PeerSource {
   readonly announced: string[] = []
   readonly banned: { peerId: string; reason: string }[] = []
   readonly published: LiveBlob[] = []
+  /** Every join and announce with its options (access key, privacy). */
+  readonly joins: { digest: string; options: JoinOptions }[] = []
+  readonly announces: { digest: string; options: AnnounceOptions }[] = []
   /** Called as a transfer publishes itself (before its first piece). */
   onPublish: ((blob: LiveBlob) => void) | undefined
 
@@ -130,7 +137,8 @@ class MemorySwarm implements PeerSource {
     return peer
   }
 
-  join(digest: string): BlobPeers {
+  join(digest: string, options: JoinOptions = {}): BlobPeers {
+    this.joins.push({ digest, options })
     this.announce(digest)
     const listeners = new Set<() => void>()
     const live = () =>
@@ -163,7 +171,8 @@ class MemorySwarm implements PeerSource {
     }
   }
 
-  announce(digest: string): void {
+  announce(digest: string, options: AnnounceOptions = {}): void {
+    this.announces.push({ digest, options })
     if (!this.announced.includes(digest)) this.announced.push(digest)
   }
 
@@ -283,6 +292,39 @@ describe('BlobFetcher with a swarm', () => {
       const r = pieceRange(i, data.length, PIECE)
       assert.equal(h, sha256Hex(data.subarray(r.start, r.end)))
     }
+  })
+
+  it('a blob from a registry with credentials is private from before its first piece, with its key', async () => {
+    upstream.credentialed = true
+    const { data, digest } = blob(3)
+    const key = accessKey(new TextEncoder().encode('manifest a'))
+    let atPublish: Promise<BlobAccess | undefined> | undefined
+    swarm.onPublish = (live) => {
+      atPublish = store.access(live.digest)
+    }
+    await fetcher.fetch({ digest, size: data.length, ...at, accessKey: key })
+    assert.deepEqual(await atPublish, { private: true, keys: [key] }, 'recorded before peers could ask')
+    assert.deepEqual(swarm.joins, [{ digest, options: { size: data.length, accessKey: key, private: true } }])
+    // Asked again through another manifest: the key is recorded and the blob advertised under it.
+    const key2 = accessKey(new TextEncoder().encode('manifest b'))
+    await fetcher.fetch({ digest, size: data.length, ...at, accessKey: key2 })
+    assert.deepEqual(await store.access(digest), { private: true, keys: [key, key2] })
+    assert.deepEqual(swarm.announces.at(-1), { digest, options: { private: true, keys: [key2] } })
+    // Asked without a manifest: nothing to record, nothing to advertise, still private.
+    const announced = swarm.announces.length
+    await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(swarm.announces.length, announced)
+    assert.equal((await store.access(digest))?.private, true)
+  })
+
+  it('a blob from a registry without credentials stays public; its manifest key is still kept', async () => {
+    const { data, digest } = blob(2)
+    const key = accessKey(new TextEncoder().encode('manifest c'))
+    await fetcher.fetch({ digest, size: data.length, ...at, accessKey: key })
+    assert.deepEqual(await store.access(digest), { private: false, keys: [key] })
+    assert.equal(swarm.joins[0]?.options.private, false)
+    await fetcher.fetch({ digest, size: data.length, ...at, accessKey: key })
+    assert.ok(!swarm.announces.some((a) => a.options.private), 'a public blob is advertised by digest')
   })
 
   it('an aborted fetch leaves the transfer to finish for others', async () => {
