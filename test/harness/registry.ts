@@ -48,11 +48,24 @@ export interface TestRegistry {
 export interface StartRegistryInit {
   /** Storage root; a fresh temporary directory (removed on stop) when not given. */
   dataDir?: string
+  /**
+   * Require basic auth (`auth: htpasswd`) with `REGISTRY_USER` / `REGISTRY_PASSWORD`: every
+   * request without them gets 401 and a `Basic` challenge, as a private registry answers.
+   */
+  htpasswd?: boolean
 }
 
+/** The one user of a registry started with `htpasswd`. */
+export const REGISTRY_USER = 'shoal'
+export const REGISTRY_PASSWORD = 'shoal-secret'
+// bcrypt (cost 5) of REGISTRY_PASSWORD, as `htpasswd -nbB` writes it; made once with libxcrypt
+// (Python's crypt.crypt with METHOD_BLOWFISH), so the tests need neither apache2-utils nor a
+// bcrypt package. The registry reads `$2b$` hashes.
+const REGISTRY_HTPASSWD = `${REGISTRY_USER}:$2b$05$RdsDFAhRTZtOVArUCLr65.B403hmKs9d7TjADlHV.aTU6.DpwQWv6\n`
+
 /**
- * Starts the real registry with a config of its own (loopback, no auth, deletes enabled) and a
- * small counting proxy in front. The registry's access log does give byte counts, but it is
+ * Starts the real registry with a config of its own (loopback, no auth unless `htpasswd`,
+ * deletes enabled) and a small counting proxy in front. The registry's access log does give byte counts, but it is
  * written after the response and read through a pipe, so a test asserting right after a pull
  * could read stale numbers; the proxy counts each byte before it forwards it.
  */
@@ -61,7 +74,9 @@ export async function startRegistry(init: StartRegistryInit = {}): Promise<TestR
   const dataDir = init.dataDir ?? join(workDir, 'data')
   const port = await freePort()
   const configPath = join(workDir, 'config.yml')
-  await writeFile(configPath, registryConfig(dataDir, port))
+  const htpasswd = init.htpasswd ? join(workDir, 'htpasswd') : undefined
+  if (htpasswd) await writeFile(htpasswd, REGISTRY_HTPASSWD)
+  await writeFile(configPath, registryConfig(dataDir, port, htpasswd))
 
   const daemon = spawnDaemon(REGISTRY_BIN, ['serve', configPath])
   const { child, exited } = daemon
@@ -124,8 +139,15 @@ export async function startRegistry(init: StartRegistryInit = {}): Promise<TestR
   }
 }
 
-function registryConfig(dataDir: string, port: number): string {
-  return `version: 0.1
+function registryConfig(dataDir: string, port: number, htpasswd: string | undefined): string {
+  const auth = htpasswd
+    ? `auth:
+  htpasswd:
+    realm: shoal-test
+    path: ${JSON.stringify(htpasswd)}
+`
+    : ''
+  return `${auth}version: 0.1
 log:
   level: info
   accesslog:
@@ -178,7 +200,8 @@ async function waitReady(
     try {
       const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) })
       await res.arrayBuffer()
-      if (res.status === 200) return
+      // 401: a registry with auth is up and asking for credentials.
+      if (res.status === 200 || res.status === 401) return
     } catch {
       // Not listening yet.
     }
