@@ -8,8 +8,9 @@
  *   every piece keeps a copy somewhere); pieces a range read waits for come first. At the tail
  *   (endgame) a piece already in flight from another source may be asked for again.
  * - from the registry: a piece no peer holds and none is fetching (a fresh `fetching` claim
- *   counts), in order from a random start, so nodes of a cold swarm split the blob between them
- *   and the registry sends each piece about once. Pieces a range read waits for come first.
+ *   counts), and that this node owns among the peers it knows on the blob (rendezvous hashing,
+ *   so nodes with the same view split the blob before any claim arrives), in order from a random
+ *   start: the registry sends each piece about once. Pieces a range read waits for come first.
  *   When the swarm has made no progress for a while (its patience), any piece not in flight may
  *   go to the registry.
  */
@@ -42,6 +43,11 @@ export interface PickState {
   impatient: boolean
   /** Where the registry's walk through the blob starts (random per node). */
   registryStart: number
+  /**
+   * True for the pieces this node is the one to take from the registry among the peers it knows
+   * on the blob (rendezvous hashing); absent, every piece is. Ignored when impatient.
+   */
+  owns?: (index: number) => boolean
   random: () => number
 }
 
@@ -88,7 +94,7 @@ export function pickForRegistry(s: PickState): number | undefined {
   let bestRank = Number.POSITIVE_INFINITY
   for (const i of s.missing) {
     if (s.inFlight.has(i)) continue
-    if (!s.impatient && claimedElsewhere(i, s)) continue
+    if (!s.impatient && (claimedElsewhere(i, s) || (s.owns !== undefined && !s.owns(i)))) continue
     const rank = (i - s.registryStart + s.count) % s.count
     if (rank < bestRank) {
       bestRank = rank

@@ -129,6 +129,8 @@ export class BlobTransfer implements LiveBlob {
   readonly #strikes = new Map<string, number>()
   readonly #banned = new Set<string>()
   #registryLoad = 0
+  /** Rendezvous owners of the pieces for one set of members (see `#owns`). */
+  #owners: { key: string; owner: string[] } | undefined
   #registryLanded = 0
   #swarmReady = false
   readonly #priority: number[] = []
@@ -355,11 +357,12 @@ export class BlobTransfer implements LiveBlob {
       }
     }
     const starving = sessions.every((s) => (this.#peerLoad.get(s.peerId) ?? 0) === 0)
+    const members = this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId)
+    // The registry's pieces are split among the peers known on the blob (see `#owns`); a node
+    // with nothing to do from peers may take any piece nobody holds or claims.
+    if (!starving) state.owns = this.#owns(members)
     while (this.#registryLoad < this.#registryWindow()) {
       // Pieces a range read waits for are trusted only from the registry: take them there.
-      const urgent = this.#priority.some((i) => this.#missing.has(i) && !state.inFlight.has(i))
-      const swarm = Math.max(sessions.length, this.#c.peers?.swarmSize?.() ?? 0)
-      if (!urgent && !starving && !state.impatient && this.#registryShareUsed(swarm)) break
       const i = pickForRegistry(state)
       if (i === undefined) break
       this.#launch(i, undefined)
@@ -368,15 +371,33 @@ export class BlobTransfer implements LiveBlob {
   }
 
   /**
-   * True when this node has taken its fair share of the blob from the registry: with k peers
-   * known on the blob, 1/(k+1) of the pieces. Past it, the registry is asked only when no peer has anything
-   * for us (starving), for a range read, or when the swarm has stalled: in a crowd every node
-   * takes about its share of the pieces nobody holds, and the swarm spreads them.
+   * Which pieces this node is the one to take from the registry among itself and `members`:
+   * the member with the highest hash of (blob, piece, peer id). Nodes that know the same members
+   * split the blob the same way before any claim reaches them. Recomputed when members change.
    */
-  #registryShareUsed(peers: number): boolean {
-    if (peers === 0) return false
-    const share = Math.ceil(this.count / (peers + 1))
-    return this.#registryLanded + this.#registryLoad >= share
+  #owns(members: readonly string[]): ((index: number) => boolean) | undefined {
+    const self = this.#c.peers?.localPeerId
+    if (self === undefined || members.length === 0) return undefined
+    const all = [...new Set([self, ...members])].sort()
+    const key = all.join(' ')
+    if (this.#owners?.key !== key) {
+      const owner: string[] = []
+      for (let i = 0; i < this.count; i++) {
+        let best = ''
+        let bestScore = ''
+        for (const id of all) {
+          const score = createHash('sha256').update(`${this.digest} ${i} ${id}`).digest('hex')
+          if (score > bestScore) {
+            bestScore = score
+            best = id
+          }
+        }
+        owner.push(best)
+      }
+      this.#owners = { key, owner }
+    }
+    const owner = this.#owners.owner
+    return (i) => owner[i] === self
   }
 
   /**

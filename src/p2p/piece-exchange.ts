@@ -9,7 +9,7 @@
  * (piece-server.ts); this module owns both sets, the upload slots and the bans.
  */
 import '../polyfill.ts'
-import type { Connection, Stream } from '@libp2p/interface'
+import type { Connection, IdentifyResult, Stream } from '@libp2p/interface'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
@@ -56,6 +56,8 @@ const MAX_ASKERS_PER_BLOB = 64
 const EXPECT_WAIT_MS = 3 * second
 // Joins to a blob's swarm within this window are told to its clients in one peer exchange.
 const PEX_DEBOUNCE_MS = 300
+// Peers whose listen addresses are kept for peer exchange.
+const MAX_REMEMBERED_ADDRESSES = 4096
 // A stopping exchange still answers a racing stream with `busy` (for longer).
 const MAX_BUSY_WHEN_STOPPING = 10 * second
 
@@ -133,6 +135,8 @@ export class PieceExchange implements Startable {
   readonly #requestTimeoutMs: number
   readonly #served = new Set<ServedSession>()
   readonly #outbound = new Set<ClientSession>()
+  /** Listen addresses peers announced, by peer id (see `#onIdentify`). */
+  readonly #listenAddresses = new Map<string, string[]>()
   /** Pending peer-exchange broadcasts, by blob. */
   readonly #pexTimers = new Map<string, NodeJS.Timeout>()
   readonly #live = new Map<string, LiveBlob>()
@@ -176,7 +180,26 @@ export class PieceExchange implements Startable {
       maxOutboundStreams: 64
     })
     this.#offBan = this.#bans?.onBan((peerId, reason) => this.#cut(peerId, reason))
+    this.#node.libp2p.addEventListener('peer:identify', this.#onIdentify)
     this.#started = true
+  }
+
+  /**
+   * Keeps the listen addresses each peer announced (identify), for peer exchange: read from
+   * here, not from the peer store, whose reads wait behind the DHT's writes (seconds, in a crowd).
+   */
+  readonly #onIdentify = (evt: CustomEvent<IdentifyResult>): void => {
+    const id = evt.detail.peerId.toString()
+    const addresses = evt.detail.listenAddrs
+      .map((a) => a.toString())
+      .filter((a) => !a.includes('/p2p-circuit') && a.length <= 200)
+      .slice(0, MAX_PEER_ADDRESSES)
+    this.#listenAddresses.delete(id)
+    this.#listenAddresses.set(id, addresses)
+    // Bounded: the oldest entry goes first.
+    if (this.#listenAddresses.size > MAX_REMEMBERED_ADDRESSES) {
+      this.#listenAddresses.delete(this.#listenAddresses.keys().next().value as string)
+    }
   }
 
   /** Unregisters the handler and aborts every open session, both directions. Idempotent. */
@@ -184,6 +207,7 @@ export class PieceExchange implements Startable {
     const wasStarted = this.#started
     this.#started = false
     this.#offBan?.()
+    if (this.#node.started) this.#node.libp2p.removeEventListener('peer:identify', this.#onIdentify)
     for (const t of this.#pexTimers.values()) clearTimeout(t)
     this.#pexTimers.clear()
     const err = new AbortedError('piece exchange stopped')
@@ -381,19 +405,12 @@ export class PieceExchange implements Startable {
     for (const s of this.#served) if (s.digest === digest && s.serving) ids.add(s.peerId)
     for (const id of this.recentAskers(digest)) ids.add(id)
     ids.delete(asker)
-    const libp2p = this.#node.libp2p
     const peers: WirePeer[] = []
-    for (const conn of libp2p.getConnections()) {
-      const id = conn.remotePeer.toString()
-      if (!ids.delete(id) || this.#bans?.isBanned(id)) continue
-      const known = await libp2p.peerStore.get(conn.remotePeer).catch(() => undefined)
-      const addresses = (known?.addresses ?? [])
-        .map((a) => a.multiaddr.toString())
-        .filter((a) => !a.includes('/p2p-circuit') && a.length <= 200)
-        .slice(0, MAX_PEER_ADDRESSES)
+    for (const id of ids) {
+      if (this.#bans?.isBanned(id)) continue
       // Without addresses yet (identify still running) the receiver dials by id: its peer store
       // or the DHT knows where.
-      peers.push({ peerId: id, addresses })
+      peers.push({ peerId: id, addresses: this.#listenAddresses.get(id) ?? [] })
       if (peers.length >= MAX_EXCHANGED_PEERS) break
     }
     return peers

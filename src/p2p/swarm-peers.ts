@@ -58,9 +58,11 @@ export interface SwarmPeerSourceInit {
 
 // Sessions per blob: enough that a node sees most of a crowd's claims on the registry's pieces.
 const DEFAULT_MAX_PEERS = 16
-const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 400, 800, 1600, 3200, 5000]
+const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200, 5000]
 // A peer that did not serve a blob is asked again no sooner than this.
 const RETRY_PEER_MS = 1000
+// A peer that answered BLOB_UNKNOWN is asked again no sooner than this.
+const RETRY_UNKNOWN_MS = 250
 // After the first session of the first round, how long the other attempts may take to count.
 const ROUND_GRACE_MS = 500
 // A session cut under us is opened again after this.
@@ -403,8 +405,12 @@ class BlobSwarm implements BlobPeers {
       this.#changed()
       return session
     } catch (err) {
-      this.#retryAt.set(id, Date.now() + RETRY_PEER_MS)
-      if (!(err instanceof BlobUnknownError)) {
+      // A peer that has not started on the blob yet may any moment (a crowd): ask it again soon.
+      const unknown = err instanceof BlobUnknownError
+      this.#retryAt.set(id, Date.now() + (unknown ? RETRY_UNKNOWN_MS : RETRY_PEER_MS))
+      if (unknown) {
+        this.#log.debug({ digest: this.#digest, peer: id }, 'peer does not have the blob (yet)')
+      } else {
         this.#log.debug({ digest: this.#digest, peer: id, err: (err as Error).message }, 'no session')
       }
       return undefined
