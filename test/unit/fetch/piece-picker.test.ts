@@ -40,11 +40,12 @@ describe('pickForRegistry', () => {
   })
 
   it('takes only the pieces this node owns, unless the swarm has stalled', () => {
-    const s = state(6, { owns: (i) => i % 3 === 0 })
+    const inFlight = new Map<number, string[]>()
+    const s = state(6, { owns: (i) => i % 3 === 0, inFlight })
     assert.equal(pickForRegistry(s), 0)
-    s.inFlight = new Map([[0, ['registry']]])
+    inFlight.set(0, ['registry'])
     assert.equal(pickForRegistry(s), 3)
-    s.inFlight.set(3, ['registry'])
+    inFlight.set(3, ['registry'])
     assert.equal(pickForRegistry(s), undefined)
     s.impatient = true
     assert.equal(pickForRegistry(s), 1)
