@@ -83,6 +83,8 @@ const REGISTRY = 'registry'
 const MAX_STRIKES = 2
 // While waiting on peers (claims, busy sessions) the schedule is re-examined this often.
 const TICK_MS = 200
+// Under a download cap, peer requests in flight carry at most this many seconds of the link.
+const PEER_QUEUE_SECONDS = 2
 // A registry request younger than this gives way to a peer's claim on the same piece.
 const YIELD_WINDOW_MS = 500
 
@@ -112,6 +114,7 @@ export class BlobTransfer implements LiveBlob {
   readonly #repository: string
   readonly #concurrency: number
   readonly #peerDepth: number
+  readonly #maxPeerFlights: number
   readonly #peerRequestTimeoutMs: number
   readonly #claimTtlMs: number
   readonly #patienceMs: number
@@ -160,6 +163,14 @@ export class BlobTransfer implements LiveBlob {
     this.#repository = init.repository
     this.#concurrency = init.concurrency
     this.#peerDepth = init.peerDepth ?? 4
+    // Under a download cap, requests to peers are bounded by what the link carries in a couple
+    // of seconds: more would only queue, and a registry piece (a claim the crowd waits on) would
+    // queue behind them.
+    const rate = components.download?.rate
+    this.#maxPeerFlights =
+      rate === undefined
+        ? Number.POSITIVE_INFINITY
+        : Math.max(2, Math.ceil((PEER_QUEUE_SECONDS * rate) / this.pieceSize))
     this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 30_000
     this.#claimTtlMs = init.claimTtlMs ?? 15_000
     this.#patienceMs = init.swarmPatienceMs ?? 30_000
@@ -348,11 +359,14 @@ export class BlobTransfer implements LiveBlob {
       random: Math.random
     }
     this.#yieldToLowerClaims(sessions, now)
+    let peerFlights = 0
+    for (const n of this.#peerLoad.values()) peerFlights += n
     for (const s of shuffle(sessions)) {
-      while ((this.#peerLoad.get(s.peerId) ?? 0) < this.#peerDepth) {
+      while ((this.#peerLoad.get(s.peerId) ?? 0) < this.#peerDepth && peerFlights < this.#maxPeerFlights) {
         const i = pickForPeer(s, state)
         if (i === undefined) break
         this.#launch(i, s)
+        peerFlights++
         state.inFlight = this.#inFlightSources()
       }
     }
