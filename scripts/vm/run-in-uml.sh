@@ -47,6 +47,8 @@ truncate -s "$disk_size" "$work/disk.img" "$work/disk2.img"
 {
   printf 'export PATH=%q HOME=/root LANG=C.UTF-8\n' "$PATH"
   [ -n "${NODE_OPTIONS:-}" ] && printf 'export NODE_OPTIONS=%q\n' "$NODE_OPTIONS"
+  # Where the host built the test images (test/harness/images.ts), for the guest to read them.
+  [ -n "${SHOAL_TEST_IMAGES:-}" ] && printf 'export SHOAL_TEST_IMAGES=%q\n' "$SHOAL_TEST_IMAGES"
   printf 'cd %q || exit 125\n' "$project"
   printf 'exec'
   printf ' %q' "$@"

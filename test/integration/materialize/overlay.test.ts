@@ -1,17 +1,16 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { pino } from 'pino'
 import { systemClock } from '../../../src/clock.ts'
-import { putVerifiedBlob } from '../../../src/fetch/put-blob.ts'
 import { LocalCacheMaterializer } from '../../../src/materialize/local-cache.ts'
 import { LevelBlobStore } from '../../../src/store/level-blob-store.ts'
 import { buildTestImages, type TestImages } from '../../harness/images.ts'
-import { tree, umociRef } from './tree.ts'
+import { assertSameTree, putImageLayers, tree, umociTree } from '../../harness/tree.ts'
 
 const run = promisify(execFile)
 const logger = pino({ level: 'silent' })
@@ -45,14 +44,7 @@ describe('LocalCacheMaterializer under a real overlayfs', { skip: IS_ROOT ? fals
       const image = images.images[name]
       assert.ok(image, `no test image ${name}`)
       // The layers go through the real store, as the agent would have them.
-      for (const layer of image.layers) {
-        const bytes = await readFile(join(image.layout, 'blobs', 'sha256', layer.digest.slice(7)))
-        await putVerifiedBlob(store, layer.digest, bytes, {
-          source: 'oci-layout',
-          mediaType: layer.mediaType
-        })
-      }
-      const digests = image.layers.map((l) => l.digest)
+      const digests = await putImageLayers(store, image)
       const { mount } = await cache.materialize(digests)
       assert.equal(mount.type, 'overlay')
       const lowerdirs = mount.type === 'overlay' ? mount.lowerdirs : []
@@ -65,11 +57,9 @@ describe('LocalCacheMaterializer under a real overlayfs', { skip: IS_ROOT ? fals
         const opts = `lowerdir=${lowerdirs.join(':')},upperdir=${join(work, 'upper')},workdir=${join(work, 'work')}`
         await run('mount', ['-t', 'overlay', 'overlay', '-o', opts, merged])
         try {
-          await run('umoci', ['unpack', '--image', umociRef(image), bundle], { maxBuffer: 1 << 24 })
-          const expected = await tree(join(bundle, 'rootfs'))
+          const expected = await umociTree(image, bundle)
           const actual = await tree(merged)
-          assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort(), 'the same paths')
-          for (const [path, node] of expected) assert.deepEqual(actual.get(path), node, path)
+          assertSameTree(actual, expected)
           if (name === 'whiteout') {
             assert.ok(!actual.has('data/gone.txt'), 'the whiteout hides the file')
             assert.ok(actual.has('data/keep.txt'))

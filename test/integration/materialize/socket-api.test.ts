@@ -13,7 +13,7 @@ import { digestOf } from '../../../src/content/digest.ts'
 import { removeAgentDir, startAgent, type TestAgent } from '../../harness/agent.ts'
 import { buildTestImages, type PushedImage, type PushedImages, pushTestImages } from '../../harness/images.ts'
 import { startRegistry, type TestRegistry } from '../../harness/registry.ts'
-import { tree, umociRef } from './tree.ts'
+import { assertSameTree, tree, umociTree } from '../../harness/tree.ts'
 
 const run = promisify(execFile)
 const MAIN = fileURLToPath(new URL('../../../src/cli/main.ts', import.meta.url))
@@ -168,11 +168,9 @@ describe('materialize and release through the socket API', { skip: IS_ROOT ? fal
     await run('mount', ['-t', 'overlay', 'overlay', '-o', opts, merged])
     try {
       const bundle = join(mnt, 'bundle')
-      await run('umoci', ['unpack', '--image', umociRef(whiteout), bundle], { maxBuffer: 1 << 24 })
-      const expected = await tree(join(bundle, 'rootfs'))
+      const expected = await umociTree(whiteout, bundle)
       const actual = await tree(merged)
-      assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort(), 'the same paths')
-      for (const [path, node] of expected) assert.deepEqual(actual.get(path), node, path)
+      assertSameTree(actual, expected)
       assert.ok(!actual.has('data/gone.txt'), 'the whiteout hides the file')
       assert.equal(await readFile(join(merged, 'data/keep.txt'), 'utf8'), 'keep\n')
       assert.deepEqual(await readdir(join(merged, 'data/olddir')), ['z'], 'the opaque dir hides x and y')
