@@ -1,18 +1,28 @@
 import { AbortedError } from '../errors.ts'
 
+/** A take waiting for its turn. */
+interface Waiter {
+  bytes: number
+  resolve: () => void
+  reject: (err: Error) => void
+  signal: AbortSignal | undefined
+  onAbort: () => void
+}
+
 /**
  * A token bucket in bytes: `take(n)` resolves once `n` bytes may go, at `rate` bytes per second
- * on average with bursts up to `burst` bytes. Takers are served in order (a large take does not
- * starve behind small ones), and a take larger than the burst waits for the deficit to refill,
- * so the average rate holds for any size.
+ * on average with bursts up to `burst` bytes. Takers are served in order, urgent ones first (a
+ * large take does not starve behind small ones), and a take larger than the burst waits for the
+ * deficit to refill, so the average rate holds for any size.
  */
 export class TokenBucket {
   readonly rate: number
   readonly burst: number
   #tokens: number
   #updated: number
-  // Each take waits for the one before it: order is first come, first served.
-  #tail: Promise<void> = Promise.resolve()
+  readonly #urgent: Waiter[] = []
+  readonly #normal: Waiter[] = []
+  #timer: NodeJS.Timeout | undefined
   readonly #now: () => number
 
   /** `rate` in bytes per second (> 0); `burst` in bytes (default: one second's worth). */
@@ -25,36 +35,51 @@ export class TokenBucket {
     this.#updated = now()
   }
 
-  /** Waits until `bytes` may be sent (or received); rejects with `AbortedError` on abort. */
-  take(bytes: number, signal?: AbortSignal): Promise<void> {
-    const turn = this.#tail.then(() => this.#wait(bytes, signal))
-    // A taker that gave up does not hold up the ones behind it.
-    this.#tail = turn.catch(() => undefined)
-    return turn
+  /**
+   * Waits until `bytes` may be sent (or received); rejects with `AbortedError` on abort. An
+   * `urgent` take goes before every normal one still waiting.
+   */
+  take(bytes: number, signal?: AbortSignal, options: { urgent?: boolean } = {}): Promise<void> {
+    if (signal?.aborted) return Promise.reject(new AbortedError('rate-limited transfer aborted'))
+    return new Promise<void>((resolve, reject) => {
+      const queue = options.urgent ? this.#urgent : this.#normal
+      const w: Waiter = {
+        bytes,
+        resolve,
+        reject,
+        signal,
+        onAbort: () => {
+          const at = queue.indexOf(w)
+          if (at >= 0) queue.splice(at, 1)
+          reject(new AbortedError('rate-limited transfer aborted'))
+          this.#serve()
+        }
+      }
+      signal?.addEventListener('abort', w.onAbort, { once: true })
+      queue.push(w)
+      this.#serve()
+    })
   }
 
-  async #wait(bytes: number, signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) throw new AbortedError('rate-limited transfer aborted')
-    this.#refill()
-    this.#tokens -= bytes
-    if (this.#tokens >= 0) return
-    const ms = (-this.#tokens / this.rate) * 1000
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(done, ms)
-      function done(): void {
-        signal?.removeEventListener('abort', onAbort)
-        resolve()
+  /** Lets through every waiter the bucket covers, in turn; sets a timer for the next one. */
+  #serve(): void {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    for (;;) {
+      const next = this.#urgent[0] ?? this.#normal[0]
+      if (next === undefined) return
+      this.#refill()
+      // A take larger than the burst goes once the bucket is full, and leaves it in debt.
+      const need = Math.min(next.bytes, this.burst)
+      if (this.#tokens < need) {
+        this.#timer = setTimeout(() => this.#serve(), ((need - this.#tokens) / this.rate) * 1000)
+        return
       }
-      const onAbort = (): void => {
-        clearTimeout(timer)
-        reject(new AbortedError('rate-limited transfer aborted'))
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-    }).catch((err: unknown) => {
-      // The bytes were not sent: give them back.
-      this.#tokens += bytes
-      throw err
-    })
+      this.#tokens -= next.bytes
+      ;(this.#urgent[0] === next ? this.#urgent : this.#normal).shift()
+      next.signal?.removeEventListener('abort', next.onAbort)
+      next.resolve()
+    }
   }
 
   #refill(): void {

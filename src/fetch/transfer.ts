@@ -529,7 +529,8 @@ export class BlobTransfer implements LiveBlob {
     const into = this.#c.buffers?.acquire(range.end - range.start)
     try {
       const get = async () => {
-        await this.#c.download?.take(range.end - range.start, signal)
+        // Urgent: the crowd waits on the pieces this node claimed from the registry.
+        await this.#c.download?.take(range.end - range.start, signal, { urgent: true })
         return this.#c.upstream.fetchBlob(
           this.#repository,
           this.digest,
