@@ -1,6 +1,5 @@
 import '../../../src/polyfill.ts'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,7 +11,7 @@ import { pino } from 'pino'
 import { systemClock } from '../../../src/clock.ts'
 import { KiB, MIN_PIECE_SIZE, MiB } from '../../../src/constants.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
-import { buildPieceList, encodePieceList, type PieceList } from '../../../src/content/piece-list.ts'
+import { encodePieceList } from '../../../src/content/piece-list.ts'
 import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
 import { BlobUnknownError, DigestMismatchError } from '../../../src/errors.ts'
 import type { LiveBlob, LiveBlobEvent } from '../../../src/interface/peers.ts'
@@ -23,36 +22,10 @@ import { generateSwarmKey, parseSwarmKey } from '../../../src/p2p/swarm-key.ts'
 import { SwarmNode } from '../../../src/p2p/swarm-node.ts'
 import { encodeFrameParts, FrameDecoder, type WireMessage } from '../../../src/p2p/wire.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
+import { makeBlob, seedBlob, waitFor } from '../../harness/blobs.ts'
 
 const logger = pino({ level: 'silent' })
 const LISTEN = ['/ip4/127.0.0.1/tcp/0']
-
-interface Blob {
-  data: Uint8Array
-  digest: string
-  pieceList: PieceList
-}
-
-function makeBlob(size: number, pieceSize: number): Blob {
-  const data = new Uint8Array(randomBytes(size))
-  const digest = digestOf(data)
-  return { data, digest, pieceList: buildPieceList(digest, data, pieceSize) }
-}
-
-/** Puts every piece of `blob` in `store` (optionally leaving it incomplete after `upTo` pieces). */
-async function seed(store: MemoryBlobStore, blob: Blob, upTo?: number): Promise<void> {
-  const { digest, pieceList: pl } = blob
-  await store.begin(digest, { size: pl.size, pieceSize: pl.pieceSize })
-  const count = upTo ?? pl.hashes.length
-  for (let i = 0; i < count; i++) {
-    const { start, end } = pieceRange(i, pl.size, pl.pieceSize)
-    await store.putPiece(digest, i, blob.data.subarray(start, end), {
-      sha256: pl.hashes[i]!,
-      source: 'registry'
-    })
-  }
-  if (upTo === undefined) await store.complete(digest)
-}
 
 /** Fetches every piece with at most `inFlight` requests outstanding and reassembles the blob. */
 async function fetchAll(session: ClientSession, inFlight: number): Promise<Uint8Array> {
@@ -95,14 +68,6 @@ function send(stream: Stream, msg: WireMessage): void {
   for (const part of encodeFrameParts(msg)) if (part.length > 0) stream.send(part)
 }
 
-async function waitFor(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!check()) {
-    if (performance.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
 describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_000 }, () => {
   let dir: string
   const swarmKey = parseSwarmKey(generateSwarmKey())
@@ -142,9 +107,9 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
       stores.push(store)
     }
     ;[seeder, leecher, rogue] = nodes as [SwarmNode, SwarmNode, SwarmNode]
-    await seed(stores[0]!, blob)
-    await seed(stores[0]!, big)
-    await seed(stores[0]!, partial, 1)
+    await seedBlob(stores[0]!, blob)
+    await seedBlob(stores[0]!, big)
+    await seedBlob(stores[0]!, partial, { upTo: 1 })
     serverX = exchange(seeder, stores[0]!)
     clientX = exchange(leecher, stores[1]!)
     await serverX.start()

@@ -13,8 +13,6 @@ import { systemClock } from '../../../src/clock.ts'
 import { MIN_PIECE_SIZE, MiB } from '../../../src/constants.ts'
 import { accessKey, accessProof } from '../../../src/content/access.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
-import { buildPieceList, type PieceList } from '../../../src/content/piece-list.ts'
-import { pieceRange } from '../../../src/content/pieces.ts'
 import type { LiveBlob } from '../../../src/interface/peers.ts'
 import { loadOrCreatePrivateKey } from '../../../src/p2p/identity.ts'
 import { type ClientSession, PieceExchange } from '../../../src/p2p/piece-exchange.ts'
@@ -22,46 +20,13 @@ import { generateSwarmKey, parseSwarmKey } from '../../../src/p2p/swarm-key.ts'
 import { SwarmNode } from '../../../src/p2p/swarm-node.ts'
 import { encodeFrame, FrameDecoder, type WireMessage } from '../../../src/p2p/wire.ts'
 import { MemoryBlobStore } from '../../../src/store/memory-blob-store.ts'
+import { makeBlob, seedBlob, type TestBlob, waitFor } from '../../harness/blobs.ts'
 
 const logger = pino({ level: 'silent' })
 const LISTEN = ['/ip4/127.0.0.1/tcp/0']
 
-interface Blob {
-  data: Uint8Array
-  digest: string
-  pieceList: PieceList
-}
-
-function makeBlob(size: number): Blob {
-  const data = new Uint8Array(randomBytes(size))
-  const digest = digestOf(data)
-  return { data, digest, pieceList: buildPieceList(digest, data, MIN_PIECE_SIZE) }
-}
-
-async function seed(store: MemoryBlobStore, blob: Blob, upTo?: number, priv = false): Promise<void> {
-  const { digest, pieceList: pl } = blob
-  await store.begin(digest, { size: pl.size, pieceSize: pl.pieceSize, private: priv })
-  const count = upTo ?? pl.hashes.length
-  for (let i = 0; i < count; i++) {
-    const { start, end } = pieceRange(i, pl.size, pl.pieceSize)
-    await store.putPiece(digest, i, blob.data.subarray(start, end), {
-      sha256: pl.hashes[i]!,
-      source: 'registry'
-    })
-  }
-  if (upTo === undefined) await store.complete(digest)
-}
-
-async function waitFor(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!check()) {
-    if (performance.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
 /** Manifest bytes that name `blobs` (only their bytes matter: the access key is derived from them). */
-function manifestOf(...blobs: Blob[]): Uint8Array {
+function manifestOf(...blobs: TestBlob[]): Uint8Array {
   return new TextEncoder().encode(
     JSON.stringify({
       schemaVersion: 2,
@@ -126,11 +91,11 @@ describe('private blobs between real libp2p hosts', { timeout: 60_000 }, () => {
     }
     ;[server, friend, stranger] = nodes as [SwarmNode, SwarmNode, SwarmNode]
     await serverStore.start()
-    await seed(serverStore, secret, undefined, true)
+    await seedBlob(serverStore, secret, { private: true })
     await serverStore.grantAccess(secret.digest, { key })
-    await seed(serverStore, fetching, 1, true)
+    await seedBlob(serverStore, fetching, { upTo: 1, private: true })
     await serverStore.grantAccess(fetching.digest, { key })
-    await seed(serverStore, open)
+    await seedBlob(serverStore, open)
     serverX = new PieceExchange({ node: server, store: serverStore, logger, metrics })
     const store = () => new MemoryBlobStore({ clock: systemClock, logger }, { quotaBytes: 16 * MiB })
     friendX = new PieceExchange({ node: friend, store: store(), logger })
