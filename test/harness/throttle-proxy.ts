@@ -11,6 +11,8 @@ export interface ThrottleProxy {
   blobBytes(digest: string): number
   /** Change the rate (bytes per second, shared by all responses); 0 = unlimited. */
   setRate(bytesPerSecond: number): void
+  /** While on, every blob request is answered 503 (a registry whose storage is down). */
+  refuseBlobs(on: boolean): void
   /** Every blob GET since the last reset: its Range header, bytes sent, and when (ms). */
   blobRequests(): BlobRequest[]
   resetCounters(): void
@@ -43,6 +45,7 @@ export async function startThrottleProxy(
   let shared = Date.now()
   const counts = new Map<string, number>()
   let requests: BlobRequest[] = []
+  let refusing = false
   const sockets = new Set<Socket>()
 
   const throttle = (digest: string | undefined, record: BlobRequest | undefined) => {
@@ -87,6 +90,10 @@ export async function startThrottleProxy(
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const digest = BLOB_PATH.exec(req.url ?? '')?.[1]
+    if (digest && refusing) {
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE"}]}')
+      return
+    }
     const record: BlobRequest | undefined =
       digest && req.method === 'GET'
         ? { digest, range: req.headers.range, bytes: 0, startedAt: Date.now(), endedAt: undefined }
@@ -125,6 +132,9 @@ export async function startThrottleProxy(
       rate = r
     },
     blobRequests: () => requests,
+    refuseBlobs: (on) => {
+      refusing = on
+    },
     resetCounters: () => {
       counts.clear()
       requests = []

@@ -116,6 +116,23 @@ describe(`a flash crowd of ${NODES} agents`, { timeout: 300_000 }, () => {
     assert.ok(partial > 0, 'no piece of a partial blob was served')
   })
 
+  it('with the registry refusing every blob, a newcomer pulls the image from its peers', async () => {
+    const image = pushed.random
+    assert.ok(image)
+    const bootstrap = (await agents[0]!.status()).swarm?.addresses ?? []
+    const newcomer = await swarmAgent(bootstrap)
+    proxy.resetCounters()
+    proxy.refuseBlobs(true)
+    try {
+      const done = await pull(newcomer, image.ref)
+      assert.equal(done.totalBytes, layerBytes(image) + image.config.size)
+      assert.ok((done.bytes.peer ?? 0) >= layerBytes(image), JSON.stringify(done.bytes))
+    } finally {
+      proxy.refuseBlobs(false)
+    }
+    for (const l of image.layers) assert.equal(proxy.blobBytes(l.digest), 0)
+  })
+
   it('a node serving corrupt pieces is banned, and the node that met it still completes', async () => {
     const image = pushed.tiny
     assert.ok(image)
