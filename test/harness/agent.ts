@@ -1,10 +1,12 @@
+import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
-import { callAgent } from '../../src/cli/socket-client.ts'
+import { callAgent, streamAgent } from '../../src/cli/socket-client.ts'
+import type { PullEvent } from '../../src/fetch/image-puller.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const BUILT_MAIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
@@ -123,4 +125,31 @@ export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
 /** Removes an agent's working directory (after stop). */
 export async function removeAgentDir(a: TestAgent): Promise<void> {
   await rm(a.dir, { recursive: true, force: true })
+}
+
+/** What a pull through the agent's socket ends with: its `done` event, or the `error` that ends the stream. */
+export type PullEnd = PullEvent | { type: 'error'; code: string }
+
+/** Pulls `reference` through the agent's socket and returns the last event of the stream. */
+export async function lastPullEvent(agent: TestAgent, reference: string): Promise<PullEnd> {
+  let last: PullEnd | undefined
+  for await (const e of streamAgent<PullEvent>(agent.socket, '/v1/pull', { reference })) last = e
+  assert.ok(last)
+  return last
+}
+
+/** Pulls `reference` through the agent's socket; fails the test unless the pull is `done`. */
+export async function pullDone(agent: TestAgent, reference: string): Promise<PullEvent & { type: 'done' }> {
+  const last = await lastPullEvent(agent, reference)
+  assert.ok(last.type === 'done', JSON.stringify(last))
+  return last
+}
+
+/** Polls `check` every 100 ms until it holds; throws after `ms`. */
+export async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
 }

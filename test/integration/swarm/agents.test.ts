@@ -3,28 +3,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { streamAgent } from '../../../src/cli/socket-client.ts'
-import type { PullEvent } from '../../../src/fetch/image-puller.ts'
 import { generateSwarmKey } from '../../../src/p2p/swarm-key.ts'
-import { removeAgentDir, startAgent, type TestAgent } from '../../harness/agent.ts'
+import { pullDone, removeAgentDir, startAgent, type TestAgent, until } from '../../harness/agent.ts'
 import { startContainerd, type TestContainerd } from '../../harness/containerd.ts'
 import { buildTestImages, type PushedImages, pushTestImages } from '../../harness/images.ts'
 import { startRegistry, type TestRegistry } from '../../harness/registry.ts'
-
-async function pull(agent: TestAgent, reference: string): Promise<PullEvent & { type: 'done' }> {
-  let last: PullEvent | undefined
-  for await (const e of streamAgent<PullEvent>(agent.socket, '/v1/pull', { reference })) last = e
-  assert.ok(last && last.type === 'done', JSON.stringify(last))
-  return last
-}
-
-async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 // Real agent processes on loopback forming a swarm: a private DHT over libp2p with a swarm key.
 describe('agents share layers through the swarm', () => {
@@ -74,7 +57,7 @@ describe('agents share layers through the swarm', () => {
     const b = await swarmAgent(join(dir, 'swarm.key'), bootstrap)
     const c = await swarmAgent(join(dir, 'swarm.key'), bootstrap)
 
-    const first = await pull(seed, image.ref)
+    const first = await pullDone(seed, image.ref)
     assert.ok((first.bytes.registry ?? 0) > 0)
     const blobs = image.layers.length + 1
     await until(
@@ -83,7 +66,7 @@ describe('agents share layers through the swarm', () => {
     )
     registry.resetCounters()
 
-    const second = await pull(b, image.ref)
+    const second = await pullDone(b, image.ref)
     const layerBytes = image.layers.reduce((n, l) => n + l.size, 0)
     assert.ok((second.bytes.peer ?? 0) >= layerBytes, JSON.stringify(second.bytes))
     for (const l of image.layers) assert.equal(registry.bytesServed(l.digest), 0, `registry sent ${l.digest}`)
@@ -101,11 +84,11 @@ describe('agents share layers through the swarm', () => {
   it('a node with another swarm key cannot join and pulls from the registry', async () => {
     const image = pushed.random
     assert.ok(image)
-    await pull(seed, image.ref)
+    await pullDone(seed, image.ref)
     const bootstrap = (await seed.status()).swarm?.addresses ?? []
     const outsider = await swarmAgent(join(dir, 'other.key'), bootstrap)
     registry.resetCounters()
-    const done = await pull(outsider, image.ref)
+    const done = await pullDone(outsider, image.ref)
     assert.equal(done.bytes.peer ?? 0, 0)
     const layer = image.layers[0]
     assert.ok(layer)

@@ -3,37 +3,17 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { streamAgent } from '../../../src/cli/socket-client.ts'
-import type { PullEvent } from '../../../src/fetch/image-puller.ts'
 import { generateSwarmKey } from '../../../src/p2p/swarm-key.ts'
-import { removeAgentDir, startAgent, type TestAgent } from '../../harness/agent.ts'
+import {
+  lastPullEvent,
+  pullDone,
+  removeAgentDir,
+  startAgent,
+  type TestAgent,
+  until
+} from '../../harness/agent.ts'
 import { buildTestImages, type PushedImage, pushTestImages } from '../../harness/images.ts'
 import { REGISTRY_PASSWORD, REGISTRY_USER, startRegistry, type TestRegistry } from '../../harness/registry.ts'
-
-/** The last event of a pull: `done`, or the `error` the stream ends with. */
-async function lastEvent(
-  agent: TestAgent,
-  reference: string
-): Promise<PullEvent | { type: 'error'; code: string }> {
-  let last: PullEvent | { type: 'error'; code: string } | undefined
-  for await (const e of streamAgent<PullEvent>(agent.socket, '/v1/pull', { reference })) last = e
-  assert.ok(last)
-  return last
-}
-
-async function pull(agent: TestAgent, reference: string): Promise<PullEvent & { type: 'done' }> {
-  const last = await lastEvent(agent, reference)
-  assert.ok(last.type === 'done', JSON.stringify(last))
-  return last
-}
-
-async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 /** The sum of a counter's samples with `label` in a Prometheus text exposition. */
 function counter(text: string, name: string, label: string): number {
@@ -107,7 +87,7 @@ describe('private layers in a swarm', { timeout: 240_000 }, () => {
     assert.equal(anonymous.status, 401, 'the registry must require credentials')
     const bootstrap = (await first.status()).swarm?.addresses ?? []
     const second = await swarmAgent(bootstrap, true)
-    const done = await pull(first, ref)
+    const done = await pullDone(first, ref)
     assert.ok((done.bytes.registry ?? 0) > 0)
     const blobs = image.layers.length + 1
     await until(
@@ -115,7 +95,7 @@ describe('private layers in a swarm', { timeout: 240_000 }, () => {
       async () => ((await first.status()).swarm?.announced ?? 0) >= blobs
     )
     registry.resetCounters()
-    const shared = await pull(second, ref)
+    const shared = await pullDone(second, ref)
     const layerBytes = image.layers.reduce((n, l) => n + l.size, 0)
     assert.ok((shared.bytes.peer ?? 0) >= layerBytes, JSON.stringify(shared.bytes))
     for (const l of image.layers) assert.equal(registry.bytesServed(l.digest), 0, `registry sent ${l.digest}`)
@@ -130,7 +110,7 @@ describe('private layers in a swarm', { timeout: 240_000 }, () => {
       async () => ((await outsider.status()).swarm?.peers ?? 0) >= 2
     )
     // It cannot read the manifest, so it cannot pull the image at all...
-    const refused = await lastEvent(outsider, ref)
+    const refused = await lastPullEvent(outsider, ref)
     assert.ok(refused.type === 'error' && refused.code === 'UPSTREAM_UNAUTHORIZED', JSON.stringify(refused))
     // ...and asking for a layer by its digest (digests leak: logs, CI output) gets it nowhere.
     const layer = image.layers[0]
