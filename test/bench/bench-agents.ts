@@ -1,10 +1,32 @@
 /** Helpers the swarm benchmarks share: start agents, pull through their socket, stop them. */
+import { readFile } from 'node:fs/promises'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { Logger } from 'pino'
 import { streamAgent } from '../../src/cli/socket-client.ts'
 import type { PullEvent } from '../../src/fetch/image-puller.ts'
+import { parseSwarmKey } from '../../src/p2p/swarm-key.ts'
+import { SwarmNode } from '../../src/p2p/swarm-node.ts'
 import { removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
 
 /** The bare-stream protocol the throughput benchmark's peer process serves raw bytes on. */
 export const RAW_PROTOCOL = '/shoal/bench-raw/1.0.0'
+
+/**
+ * A swarm node (not yet started) listening on a loopback port, with a fresh Ed25519 identity
+ * and the swarm key in `keyFile`: one end of the throughput benchmark.
+ */
+export async function loopbackSwarmNode(keyFile: string, logger: Logger): Promise<SwarmNode> {
+  const swarmKey = parseSwarmKey(await readFile(keyFile, 'utf8'))
+  return new SwarmNode(
+    { logger },
+    {
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [],
+      swarmKey,
+      privateKey: await generateKeyPair('Ed25519')
+    }
+  )
+}
 
 export interface PullResult {
   ms: number

@@ -10,18 +10,14 @@
 import '../../src/polyfill.ts'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import { pino } from 'pino'
 import { systemClock } from '../../src/clock.ts'
 import { digestOf } from '../../src/content/digest.ts'
 import { buildPieceList } from '../../src/content/piece-list.ts'
 import { pieceRange } from '../../src/content/pieces.ts'
 import { PieceExchange } from '../../src/p2p/piece-exchange.ts'
-import { parseSwarmKey } from '../../src/p2p/swarm-key.ts'
-import { SwarmNode } from '../../src/p2p/swarm-node.ts'
 import { MemoryBlobStore } from '../../src/store/memory-blob-store.ts'
-import { RAW_PROTOCOL } from './bench-agents.ts'
+import { loopbackSwarmNode, RAW_PROTOCOL } from './bench-agents.ts'
 
 const CHUNK = 64 * 1024
 
@@ -44,16 +40,7 @@ async function main(): Promise<void> {
   }
   await store.complete(digest)
 
-  const swarmKey = parseSwarmKey(await readFile(keyFile, 'utf8'))
-  const node = new SwarmNode(
-    { logger },
-    {
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: [],
-      swarmKey,
-      privateKey: await generateKeyPair('Ed25519')
-    }
-  )
+  const node = await loopbackSwarmNode(keyFile, logger)
   await node.start()
   const exchange = new PieceExchange({ node, store, logger }, {})
   await exchange.start()

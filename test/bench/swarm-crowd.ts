@@ -17,24 +17,22 @@
 import '../../src/polyfill.ts'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino } from 'pino'
 import { systemClock } from '../../src/clock.ts'
 import { MiB } from '../../src/constants.ts'
 import { pieceCount } from '../../src/content/pieces.ts'
 import { PieceExchange } from '../../src/p2p/piece-exchange.ts'
-import { generateSwarmKey, parseSwarmKey } from '../../src/p2p/swarm-key.ts'
-import { SwarmNode } from '../../src/p2p/swarm-node.ts'
+import { generateSwarmKey } from '../../src/p2p/swarm-key.ts'
 import { LevelBlobStore } from '../../src/store/level-blob-store.ts'
 import { buildTestImages, pushTestImages } from '../harness/images.ts'
 import { startRegistry } from '../harness/registry.ts'
 import { startThrottleProxy, type ThrottleProxy } from '../harness/throttle-proxy.ts'
-import { pull, quantile, RAW_PROTOCOL, startAgents, stopAgents } from './bench-agents.ts'
+import { loopbackSwarmNode, pull, quantile, RAW_PROTOCOL, startAgents, stopAgents } from './bench-agents.ts'
 import { barChartSvg, cdfChartSvg } from './chart.ts'
 
 const NODES = Number(process.env.NODES ?? 10)
@@ -147,16 +145,7 @@ async function throughput(dir: string, keyFile: string): Promise<{ raw: number; 
     { clock: systemClock, logger },
     { root: join(dir, 'store'), quotaBytes: 4 * THROUGHPUT_BYTES }
   )
-  const swarmKey = parseSwarmKey(await readFile(keyFile, 'utf8'))
-  const node = new SwarmNode(
-    { logger },
-    {
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: [],
-      swarmKey,
-      privateKey: await generateKeyPair('Ed25519')
-    }
-  )
+  const node = await loopbackSwarmNode(keyFile, logger)
   const exchange = new PieceExchange({ node, store, logger }, {})
   try {
     const [line] = (await once(
