@@ -10,7 +10,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
@@ -19,7 +19,6 @@ import { Agent } from '../../src/agent.ts'
 import type { HeldMaterialization, MaterializeEvent } from '../../src/api/materialize-routes.ts'
 import { hyperlayerDiffCommand, hyperlayerPushCommand } from '../../src/cli/hyperlayer-command.ts'
 import { streamAgent } from '../../src/cli/socket-client.ts'
-import { systemClock } from '../../src/clock.ts'
 import { validateConfig } from '../../src/config/load.ts'
 import { digestOf } from '../../src/content/digest.ts'
 import { putVerifiedBlob } from '../../src/fetch/put-blob.ts'
@@ -27,10 +26,10 @@ import type { Materialization } from '../../src/interface/materializer.ts'
 import { LvmHyperlayers } from '../../src/materialize/hyperlayer.ts'
 import { HYPERLAYER_MEDIA_TYPE } from '../../src/materialize/hyperlayer-format.ts'
 import { LvmThinMaterializer } from '../../src/materialize/lvm-thin.ts'
-import { LevelBlobStore } from '../../src/store/level-blob-store.ts'
+import type { LevelBlobStore } from '../../src/store/level-blob-store.ts'
 import { startRegistry, type TestRegistry } from '../harness/registry.ts'
 import { type TarSpec, tarOf } from '../unit/materialize/tars.ts'
-import { assertInsideGuest, sha256Of, wipeVolumeGroup } from './guest.ts'
+import { assertInsideGuest, blockDevice, sha256Of, startGuestStore, wipeVolumeGroup } from './guest.ts'
 
 const run = promisify(execFile)
 const logger = pino({ level: process.env.SHOAL_VM_LOG ?? 'silent' })
@@ -66,9 +65,7 @@ describe('hyperlayers on real LVM thin volumes (UML guest)', SLOW, () => {
   let childSha: string
   let delta: { file: string; digest: string }
 
-  const device = (mz: Materialization) =>
-    mz.mount.type === 'block' ? mz.mount.device : assert.fail('not a block mount')
-  const lvName = (mz: Materialization) => device(mz).split('/').at(-1) as string
+  const lvName = (mz: Materialization) => blockDevice(mz).split('/').at(-1) as string
   const putFile = async (path: string) => {
     const bytes = await readFile(path)
     const digest = digestOf(bytes)
@@ -80,13 +77,7 @@ describe('hyperlayers on real LVM thin volumes (UML guest)', SLOW, () => {
 
   before(async () => {
     assertInsideGuest([DISK_A, DISK_B])
-    await rm(BASE, { recursive: true, force: true })
-    await mkdir(BASE, { recursive: true })
-    store = new LevelBlobStore(
-      { clock: systemClock, logger },
-      { root: join(BASE, 'store'), quotaBytes: 1024 ** 3 }
-    )
-    await store.start()
+    store = await startGuestStore(BASE, logger)
     m = new LvmThinMaterializer(
       { store, logger },
       { vg: VG_A, pool: 'pool', device: DISK_A, volumeSize: '128M', mountDir: join(BASE, 'mnt') }
@@ -143,10 +134,14 @@ describe('hyperlayers on real LVM thin volumes (UML guest)', SLOW, () => {
       assert.equal(await putFile(out), root.digest)
       vr = await m.materialize([root.digest], { mediaTypes: { [root.digest]: HYPERLAYER_MEDIA_TYPE } })
       assert.deepEqual(vr.mount, { type: 'block', device: vr.layers[0]?.path, fstype: 'ext4' })
-      baseSha = await sha256Of(device(p0))
-      assert.equal(await sha256Of(device(vr)), baseSha, 'the volume the root hyperlayer made is the original')
+      baseSha = await sha256Of(blockDevice(p0))
+      assert.equal(
+        await sha256Of(blockDevice(vr)),
+        baseSha,
+        'the volume the root hyperlayer made is the original'
+      )
       // The tar-built volume now has the identity of the root hyperlayer made from it: same bytes.
-      const tags = (await run('lvs', ['--noheadings', '-o', 'lv_tags', device(p0)])).stdout
+      const tags = (await run('lvs', ['--noheadings', '-o', 'lv_tags', blockDevice(p0)])).stdout
       assert.ok(tags.includes(`shoal.blocks=${root.digest.slice(7)}`), tags)
     }
   )
@@ -262,16 +257,16 @@ describe('hyperlayers on real LVM thin volumes (UML guest)', SLOW, () => {
       const mz = done.materialization
       assert.equal(mz.driver, 'lvm-thin')
       assert.equal(mz.layers.length, 2)
-      assert.ok(device(mz).startsWith(`/dev/${VG_B}/shoal-layer-`))
+      assert.ok(blockDevice(mz).startsWith(`/dev/${VG_B}/shoal-layer-`))
       assert.equal(
-        await sha256Of(device(mz)),
+        await sha256Of(blockDevice(mz)),
         childSha,
         "the second node's volume is the child, byte for byte"
       )
       assert.equal(registry.bytesServed(delta.digest), (await readFile(delta.file)).byteLength)
       // The same chain, built from blocks on both nodes, has one block identity: the chain ID.
-      const tags = (await run('lvs', ['--noheadings', '-o', 'lv_tags', device(mz)])).stdout
-      assert.ok(tags.includes(`shoal.blocks=${device(mz).split('shoal-layer-')[1]}`), tags)
+      const tags = (await run('lvs', ['--noheadings', '-o', 'lv_tags', blockDevice(mz)])).stdout
+      assert.ok(tags.includes(`shoal.blocks=${blockDevice(mz).split('shoal-layer-')[1]}`), tags)
     }
   )
 })

@@ -12,18 +12,17 @@
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises'
+import { readdir, readFile, rm } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { pino } from 'pino'
-import { systemClock } from '../../src/clock.ts'
 import type { Materialization } from '../../src/interface/materializer.ts'
 import { LvmThinMaterializer } from '../../src/materialize/lvm-thin.ts'
-import { LevelBlobStore } from '../../src/store/level-blob-store.ts'
+import type { LevelBlobStore } from '../../src/store/level-blob-store.ts'
 import { buildTestImages, type TestImages } from '../harness/images.ts'
 import { assertSameTree, putImageLayers, tree, umociTree } from '../harness/tree.ts'
-import { assertInsideGuest, wipeVolumeGroup } from './guest.ts'
+import { assertInsideGuest, blockDevice, mounted, startGuestStore, wipeVolumeGroup } from './guest.ts'
 
 const run = promisify(execFile)
 const logger = pino({ level: process.env.SHOAL_VM_LOG ?? 'silent' })
@@ -51,32 +50,10 @@ describe('the test images on LVM thin volumes, as umoci unpacks them (UML guest)
   /** What each image got, for the volumes images share. */
   const materialized = new Map<string, Materialization>()
 
-  const device = (mz: Materialization) =>
-    mz.mount.type === 'block' ? mz.mount.device : assert.fail('not a block mount')
-  /** Mounts a device read-only on a fresh directory, runs `body`, unmounts. */
-  async function mountedReadOnly<T>(dev: string, body: (root: string) => Promise<T>): Promise<T> {
-    const at = join(BASE, `view-${basename(dev)}`)
-    await mkdir(at, { recursive: true })
-    await run('mount', ['-o', 'ro', dev, at])
-    try {
-      return await body(at)
-    } finally {
-      await run('umount', [at])
-      await rm(at, { recursive: true })
-    }
-  }
-
   before(async () => {
     assertInsideGuest([DISK])
     images = await buildTestImages()
-    // The guest's root is an overlay on the host's: this removes nothing of the host's.
-    await rm(BASE, { recursive: true, force: true })
-    await mkdir(BASE, { recursive: true })
-    store = new LevelBlobStore(
-      { clock: systemClock, logger },
-      { root: join(BASE, 'store'), quotaBytes: 1024 ** 3 }
-    )
-    await store.start()
+    store = await startGuestStore(BASE, logger)
     m = new LvmThinMaterializer(
       { store, logger },
       { vg: VG, pool: 'pool', device: DISK, volumeSize: '1G', mountDir: join(BASE, 'building') }
@@ -106,12 +83,16 @@ describe('the test images on LVM thin volumes, as umoci unpacks them (UML guest)
       t.diagnostic(`${digests.length} layers materialized in ${Math.round(performance.now() - started)} ms`)
       materialized.set(name, mz)
       assert.deepEqual(mz.mount, { type: 'block', device: mz.layers.at(-1)?.path, fstype: 'ext4' })
-      assert.equal((await run('blockdev', ['--getro', device(mz)])).stdout.trim(), '1', 'a read-only device')
+      assert.equal(
+        (await run('blockdev', ['--getro', blockDevice(mz)])).stdout.trim(),
+        '1',
+        'a read-only device'
+      )
 
       const bundle = join(BASE, 'bundle')
       try {
         const expected = await umociTree(image, bundle, { directoryMtimes: true })
-        await mountedReadOnly(device(mz), async (root) => {
+        await mounted(BASE, blockDevice(mz), 'ro', async (root) => {
           // Type, mode, owner, size, content, symlink target, device number and mtime of every
           // path, directories included, but for the mtimes of DELETED_FROM.
           const actual = await tree(root, { directoryMtimes: true })
@@ -148,7 +129,7 @@ describe('the test images on LVM thin volumes, as umoci unpacks them (UML guest)
 
       if (name === 'whiteout') {
         // Deleted in the snapshots above only: the bottom layer's volume still holds them.
-        await mountedReadOnly(mz.layers[0]?.path as string, async (root) => {
+        await mounted(BASE, mz.layers[0]?.path as string, 'ro', async (root) => {
           assert.equal(await readFile(join(root, 'data/gone.txt'), 'utf8'), 'deleted by the upper layer\n')
           assert.deepEqual((await readdir(join(root, 'data/olddir'))).sort(), ['x', 'y'])
         })
@@ -161,7 +142,7 @@ describe('the test images on LVM thin volumes, as umoci unpacks them (UML guest)
           v1.layers.slice(0, 4).map((l) => l.path),
           'v2 shares the volumes of the four layers it has in common with v1'
         )
-        assert.notEqual(device(mz), device(v1))
+        assert.notEqual(blockDevice(mz), blockDevice(v1))
       }
     })
   }

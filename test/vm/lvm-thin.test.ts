@@ -7,21 +7,20 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readFileSync, statSync } from 'node:fs'
-import { lstat, mkdir, readdir, readFile, readlink, rm, unlink, writeFile } from 'node:fs/promises'
+import { lstat, readdir, readFile, readlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { gzipSync } from 'node:zlib'
 import { pino } from 'pino'
-import { systemClock } from '../../src/clock.ts'
 import { digestOf } from '../../src/content/digest.ts'
 import { putVerifiedBlob } from '../../src/fetch/put-blob.ts'
 import type { Materialization } from '../../src/interface/materializer.ts'
 import { type CommandRunner, execFileRunner } from '../../src/materialize/command-runner.ts'
 import { LvmThinMaterializer, type LvmThinMaterializerInit } from '../../src/materialize/lvm-thin.ts'
-import { LevelBlobStore } from '../../src/store/level-blob-store.ts'
+import type { LevelBlobStore } from '../../src/store/level-blob-store.ts'
 import { type TarSpec, tarOf } from '../unit/materialize/tars.ts'
+import { assertInsideGuest, blockDevice, mounted, startGuestStore } from './guest.ts'
 
 const run = promisify(execFile)
 const logger = pino({ level: process.env.SHOAL_VM_LOG ?? 'silent' })
@@ -32,22 +31,6 @@ const POOL = 'pool'
 const BASE = '/tmp/shoal-vm'
 /** Every LVM command in the guest takes 0.1-1 s. */
 const SLOW = { timeout: 120_000 }
-
-/** Refuses to go on anywhere but inside the UML guest. */
-function assertInsideGuest(): void {
-  if (process.env.SHOAL_LVM_GUEST !== '1') {
-    throw new Error(
-      'test/vm creates LVM volume groups on a whole disk: it runs only inside the UML guest ' +
-        '(`npm run test:vm`), which sets SHOAL_LVM_GUEST=1; it is not set here'
-    )
-  }
-  if (!statSync(DEVICE, { throwIfNoEntry: false })?.isBlockDevice()) {
-    throw new Error(`${DEVICE}, the UML guest's scratch disk, is not there: refusing to touch any other disk`)
-  }
-  if (!readFileSync('/proc/cpuinfo', 'utf8').includes('User Mode Linux')) {
-    throw new Error('this kernel is not User-Mode Linux: refusing to run LVM tests')
-  }
-}
 
 /** A runner that keeps every command line, to count what a step ran. */
 class RecordingRunner implements CommandRunner {
@@ -209,37 +192,16 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
     const { stdout } = await run('lvs', ['--noheadings', '-o', 'lv_attr', device])
     return stdout.trim()
   }
-  /** Mounts a device on a fresh directory, runs `body`, unmounts. */
-  async function mounted<T>(device: string, opts: string, body: (root: string) => Promise<T>): Promise<T> {
-    const at = join(BASE, `view-${Math.floor(performance.now())}`)
-    await mkdir(at, { recursive: true })
-    await run('mount', ['-o', opts, device, at])
-    try {
-      return await body(at)
-    } finally {
-      await run('umount', [at])
-      await rm(at, { recursive: true })
-    }
-  }
   async function put(entries: TarSpec[]): Promise<string> {
     const bytes = gzipSync(await tarOf(entries))
     const digest = digestOf(bytes)
     await putVerifiedBlob(store, digest, bytes, { source: 'registry' })
     return digest
   }
-  const device = (mz: Materialization) =>
-    mz.mount.type === 'block' ? mz.mount.device : assert.fail('not a block mount')
 
   before(async () => {
-    assertInsideGuest()
-    // The guest's root is an overlay on the host's: this removes nothing of the host's.
-    await rm(BASE, { recursive: true, force: true })
-    await mkdir(BASE, { recursive: true })
-    store = new LevelBlobStore(
-      { clock: systemClock, logger },
-      { root: join(BASE, 'store'), quotaBytes: 1024 * 1024 * 1024 }
-    )
-    await store.start()
+    assertInsideGuest([DEVICE])
+    store = await startGuestStore(BASE, logger)
     layers = [await put(LAYER1), await put(LAYER2), await put(LAYER3), await put(LAYER4)]
     imageA = layers.slice(0, 3)
     imageB = [layers[0], layers[1], layers[3]] as string[]
@@ -259,7 +221,7 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
     assert.equal((await layerVolumes()).length, 3)
     for (const layer of a.layers)
       assert.match(await attrOf(layer.path), /^Vri-a-tz/, 'thin, read-only, active')
-    await mounted(device(a), 'ro', async (root) => {
+    await mounted(BASE, blockDevice(a), 'ro', async (root) => {
       assert.deepEqual(await tree(root), EXPECTED)
       const [tool, toolHl, n, nHl] = await Promise.all(
         ['bin/tool', 'bin/tool-hl', 'usr/bin/new', 'usr/bin/new-hl'].map((p) => lstat(join(root, p)))
@@ -269,11 +231,15 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
       await assert.rejects(writeFile(join(root, 'x'), 'x'), { code: 'EROFS' })
     })
     // The layer below is untouched by what the layers above deleted.
-    await mounted(a.layers[0]?.path as string, 'ro', async (root) => {
+    await mounted(BASE, a.layers[0]?.path as string, 'ro', async (root) => {
       assert.equal(await readFile(join(root, 'etc/gone'), 'utf8'), 'deleted by layer 2\n')
       assert.deepEqual((await readdir(join(root, 'opaque'))).sort(), ['a', 'sub'])
     })
-    assert.equal((await run('blockdev', ['--getro', device(a)])).stdout.trim(), '1', 'a read-only device')
+    assert.equal(
+      (await run('blockdev', ['--getro', blockDevice(a)])).stdout.trim(),
+      '1',
+      'a read-only device'
+    )
   })
 
   it('shares the volumes of the layers two images have in common', SLOW, async () => {
@@ -284,9 +250,9 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
       b.layers.slice(0, 2).map((x) => x.path),
       a.layers.slice(0, 2).map((x) => x.path)
     )
-    assert.notEqual(device(b), device(a))
+    assert.notEqual(blockDevice(b), blockDevice(a))
     assert.equal((await layerVolumes()).length, 4)
-    await mounted(device(b), 'ro', async (root) => {
+    await mounted(BASE, blockDevice(b), 'ro', async (root) => {
       assert.equal(await readFile(join(root, 'etc/l4'), 'utf8'), 'four')
       assert.equal(await readFile(join(root, 'etc/hostname'), 'utf8'), 'layer2\n')
       await assert.rejects(lstat(join(root, 'etc/l3')), { code: 'ENOENT' })
@@ -296,15 +262,15 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
   it('gives a container a writable volume whose writes stay out of the layer volume', SLOW, async () => {
     const c = await m.createContainerVolume(imageA, 'ctr1')
     assert.match(await attrOf(c.device), /^Vwi-a-tz/)
-    await mounted(c.device, 'rw', async (root) => {
+    await mounted(BASE, c.device, 'rw', async (root) => {
       await writeFile(join(root, 'written-by-container'), 'w')
       await unlink(join(root, 'etc/l3'))
       await writeFile(join(root, 'etc/hostname'), 'container\n')
     })
-    await mounted(c.device, 'ro', async (root) => {
+    await mounted(BASE, c.device, 'ro', async (root) => {
       assert.equal(await readFile(join(root, 'written-by-container'), 'utf8'), 'w', 'writes persist')
     })
-    await mounted(device(a), 'ro', async (root) => {
+    await mounted(BASE, blockDevice(a), 'ro', async (root) => {
       assert.deepEqual(await tree(root), EXPECTED, 'the layer volume is as it was')
     })
     await m.release(imageA)
@@ -347,7 +313,8 @@ describe('LvmThinMaterializer on real LVM thin volumes (UML guest)', SLOW, () =>
       options: ['nouuid']
     })
     await mounted(
-      device(mz),
+      BASE,
+      blockDevice(mz),
       ['ro', ...(mz.mount.type === 'block' ? (mz.mount.options ?? []) : [])].join(','),
       async (root) => {
         assert.deepEqual(await readdir(root), ['x2'])
