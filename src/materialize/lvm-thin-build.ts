@@ -7,14 +7,7 @@ import type { BlobStore } from '../interface/store.ts'
 import type { CommandRunner } from './command-runner.ts'
 import { type ExtractLayerResult, extractLayer } from './extract.ts'
 import type { LvmCommands } from './lvm-thin-lvm.ts'
-import {
-  buildingVolumeName,
-  type ChainLayer,
-  DIGEST_TAG,
-  FSTYPE_TAG,
-  layerVolumeName,
-  PARENT_TAG
-} from './lvm-thin-names.ts'
+import { buildingVolumeName, type ChainLayer, layerVolumeName, layerVolumeTags } from './lvm-thin-names.ts'
 import type { LayerVolume } from './lvm-thin-state.ts'
 
 /** File systems a layer volume can hold. */
@@ -98,6 +91,22 @@ export interface BuildInit {
 }
 
 /**
+ * Throws `BlobUnknownError` unless the layer's blob is complete in the store, and
+ * `InternalError` unless `parent` is the volume of the layer below it (none for the bottom).
+ */
+export async function assertLayerBuildable(
+  store: BlobStore,
+  layer: ChainLayer,
+  parent: LayerVolume | undefined
+): Promise<void> {
+  const info = await store.stat(layer.digest)
+  if (!info?.complete) throw new BlobUnknownError(`layer ${layer.digest} is not complete in the store`)
+  if (parent?.chain !== layer.parent) {
+    throw new InternalError(`the volume below layer ${layer.digest} is gone`)
+  }
+}
+
+/**
  * Builds the volume of one layer on its parent's volume (none for the bottom layer: a new thin
  * volume with a new file system), under a temporary name, and renames it once complete and
  * read-only: a volume with a layer's name is always whole. On failure the temporary volume is
@@ -111,16 +120,11 @@ export async function buildLayerVolume(
   signal: AbortSignal
 ): Promise<LayerVolume> {
   const { store, lvm, runner, log } = components
-  const info = await store.stat(layer.digest)
-  if (!info?.complete) throw new BlobUnknownError(`layer ${layer.digest} is not complete in the store`)
-  if (parent?.chain !== layer.parent) {
-    throw new InternalError(`the volume below layer ${layer.digest} is gone`)
-  }
+  await assertLayerBuildable(store, layer, parent)
   const fstype = parent?.fstype ?? init.fstype
   const tmp = buildingVolumeName(layer.chain)
   const name = layerVolumeName(layer.chain)
-  const tags = [`${DIGEST_TAG}${layer.digest}`, `${FSTYPE_TAG}${fstype}`]
-  if (parent) tags.push(`${PARENT_TAG}${parent.chain}`)
+  const tags = layerVolumeTags(layer, fstype)
   const lease = store.acquire(layer.digest)
   let created = false
   try {

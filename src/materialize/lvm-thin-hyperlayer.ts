@@ -1,17 +1,10 @@
 import type { Logger } from 'pino'
-import { BlobUnknownError, InternalError, toShoalError } from '../errors.ts'
+import { toShoalError } from '../errors.ts'
 import type { BlobStore } from '../interface/store.ts'
 import type { LvmHyperlayers } from './hyperlayer.ts'
-import type { LvmFileSystem } from './lvm-thin-build.ts'
+import { assertLayerBuildable, type LvmFileSystem } from './lvm-thin-build.ts'
 import type { LvmCommands } from './lvm-thin-lvm.ts'
-import {
-  buildingVolumeName,
-  type ChainLayer,
-  DIGEST_TAG,
-  FSTYPE_TAG,
-  layerVolumeName,
-  PARENT_TAG
-} from './lvm-thin-names.ts'
+import { buildingVolumeName, type ChainLayer, layerVolumeName, layerVolumeTags } from './lvm-thin-names.ts'
 import type { LayerVolume } from './lvm-thin-state.ts'
 
 export interface HyperlayerBuildComponents {
@@ -42,10 +35,7 @@ export async function buildHyperlayerVolume(
   signal: AbortSignal
 ): Promise<LayerVolume> {
   const { store, lvm, hyperlayers, log } = components
-  const info = await store.stat(layer.digest)
-  if (!info?.complete) throw new BlobUnknownError(`layer ${layer.digest} is not complete in the store`)
-  if (parent?.chain !== layer.parent)
-    throw new InternalError(`the volume below layer ${layer.digest} is gone`)
+  await assertLayerBuildable(store, layer, parent)
   const tmp = buildingVolumeName(layer.chain)
   const name = layerVolumeName(layer.chain)
   let fstype: LvmFileSystem = parent?.fstype ?? init.fstype
@@ -57,9 +47,7 @@ export async function buildHyperlayerVolume(
       signal,
       tags: (header) => {
         fstype = parent?.fstype ?? header.fstype ?? init.fstype
-        const tags = [`${DIGEST_TAG}${layer.digest}`, `${FSTYPE_TAG}${fstype}`]
-        if (parent) tags.push(`${PARENT_TAG}${parent.chain}`)
-        return tags
+        return layerVolumeTags(layer, fstype)
       }
     })
     try {

@@ -60,6 +60,16 @@ export function chainLayers(layerDigests: readonly string[]): ChainLayer[] {
   return out
 }
 
+/**
+ * The tags of a layer volume: its blob's digest, its file system and, above the bottom layer,
+ * its parent's chain ID (what `start()` reads back to rebuild the chains).
+ */
+export function layerVolumeTags(layer: ChainLayer, fstype: string): string[] {
+  const tags = [`${DIGEST_TAG}${layer.digest}`, `${FSTYPE_TAG}${fstype}`]
+  if (layer.parent !== undefined) tags.push(`${PARENT_TAG}${layer.parent}`)
+  return tags
+}
+
 /** The volume name of a finished layer. */
 export function layerVolumeName(chain: string): string {
   return `${LAYER_PREFIX}${chain}`
