@@ -7,6 +7,7 @@ import { AbortedError, BlobUnknownError, toShoalError, UnsupportedMediaTypeError
 import type { AbortOptions } from '../interface/common.ts'
 import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
+import { abortable } from './abortable.ts'
 import { type CommandRunner, execFileRunner } from './command-runner.ts'
 import { extractLayer } from './extract.ts'
 import { HYPERLAYER_MEDIA_TYPE } from './hyperlayer-format.ts'
@@ -244,15 +245,4 @@ function topmostFirst(layerDigests: readonly string[]): string[] {
 
 async function isDirectory(path: string): Promise<boolean> {
   return (await stat(path).catch(() => undefined))?.isDirectory() ?? false
-}
-
-/** Waits for `work`, or rejects with `AbortedError` as soon as `signal` aborts. */
-function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return work
-  if (signal.aborted) return Promise.reject(toShoalError(signal.reason))
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(toShoalError(signal.reason))
-    signal.addEventListener('abort', onAbort, { once: true })
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }

@@ -5,6 +5,7 @@ import { AbortedError, BadRequestError, InternalError, toShoalError } from '../e
 import type { AbortOptions } from '../interface/common.ts'
 import type { Materialization, MaterializeOptions, Materializer } from '../interface/materializer.ts'
 import type { BlobStore } from '../interface/store.ts'
+import { abortable } from './abortable.ts'
 import { type CommandRunner, execFileRunner } from './command-runner.ts'
 import { LvmHyperlayers } from './hyperlayer.ts'
 import { HYPERLAYER_MEDIA_TYPE } from './hyperlayer-format.ts'
@@ -320,15 +321,4 @@ export class LvmThinMaterializer implements Materializer {
     else if (held === 1) this.#refs.delete(chain)
     else this.#refs.set(chain, held - 1)
   }
-}
-
-/** Waits for `work`, or rejects with `AbortedError` as soon as `signal` aborts. */
-function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return work
-  if (signal.aborted) return Promise.reject(toShoalError(signal.reason))
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(toShoalError(signal.reason))
-    signal.addEventListener('abort', onAbort, { once: true })
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }
