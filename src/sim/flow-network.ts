@@ -46,6 +46,11 @@ export class FlowNetwork<T> {
     return flow
   }
 
+  /** Stops `flow` where it is (its `remaining` keeps the bytes not sent) and reshares. */
+  cancel(flow: Flow<T>): void {
+    if (this.#flows.delete(flow)) this.#reshare()
+  }
+
   /** When the next flow ends at today's rates, or Infinity when none moves. */
   nextCompletion(): number {
     let best = Number.POSITIVE_INFINITY
