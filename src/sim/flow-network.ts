@@ -4,6 +4,7 @@
  * recomputed by progressive filling whenever a flow starts or ends. Between changes every rate
  * is constant, so completion times are exact (up to float rounding).
  */
+import { EventQueue } from './event-queue.ts'
 
 /** A link with a capacity in bytes per second. */
 export interface Link {
@@ -101,27 +102,37 @@ export class FlowNetwork<T> {
         set.add(f)
       }
     }
-    let unfrozen = this.#flows.size
-    while (unfrozen > 0) {
-      let bottleneck: Link | undefined
-      let share = Number.POSITIVE_INFINITY
-      for (const [l, set] of through) {
-        if (set.size === 0) continue
-        const s = (left.get(l) as number) / set.size
-        if (s < share) {
-          share = s
+    // A link's fair share (left / flows still unfrozen) only grows as flows freeze at the
+    // smallest share, so a heap with stale entries skipped finds each bottleneck in log time.
+    const heap = new EventQueue()
+    let bottleneck: Link | undefined
+    const push = (l: Link): void => {
+      const n = (through.get(l) as Set<Flow<T>>).size
+      if (n > 0)
+        heap.schedule((left.get(l) as number) / n, () => {
           bottleneck = l
+        })
+    }
+    for (const l of through.keys()) push(l)
+    while (heap.size > 0) {
+      const share = heap.peekTime()
+      heap.pop()?.()
+      const l = bottleneck as Link
+      const set = through.get(l) as Set<Flow<T>>
+      if (set.size === 0) continue
+      // Stale: this link's share grew since the entry was pushed; a newer entry holds it.
+      const actual = (left.get(l) as number) / set.size
+      if (actual > share * (1 + 1e-12)) continue
+      const touched = new Set<Link>()
+      for (const f of [...set]) {
+        f.rate = Math.max(0, actual)
+        for (const k of f.links) {
+          left.set(k, (left.get(k) as number) - actual)
+          through.get(k)?.delete(f)
+          touched.add(k)
         }
       }
-      if (bottleneck === undefined) break
-      for (const f of [...(through.get(bottleneck) as Set<Flow<T>>)]) {
-        f.rate = Math.max(0, share)
-        unfrozen--
-        for (const l of f.links) {
-          left.set(l, (left.get(l) as number) - share)
-          through.get(l)?.delete(f)
-        }
-      }
+      for (const k of touched) if (k !== l) push(k)
     }
   }
 }
