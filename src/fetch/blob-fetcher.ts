@@ -56,6 +56,8 @@ export interface BlobFetcherInit {
   registryStreams?: number
   /** Piece requests in flight per peer (default 4). */
   peerDepth?: number
+  /** How long a peer's `fetching` claim keeps this node off a piece (default: the transfer's). */
+  claimTtlMs?: number
   /** Paces what this node downloads, from peers and registries together. */
   download?: TokenBucket | undefined
 }
@@ -81,6 +83,7 @@ export class BlobFetcher implements Startable {
   readonly #pieceSize: number
   readonly #concurrency: number
   readonly #peerDepth: number
+  readonly #claimTtlMs: number | undefined
   readonly #download: TokenBucket | undefined
   readonly #streams: PriorityLimit
   #transferSeq = 0
@@ -98,6 +101,7 @@ export class BlobFetcher implements Startable {
     this.#buffers = new BufferPool(this.#pieceSize, 2 * (init.registryStreams ?? DEFAULT_REGISTRY_STREAMS))
     this.#log = components.logger.child({ component: 'fetch' })
     this.#peerDepth = init.peerDepth ?? 4
+    this.#claimTtlMs = init.claimTtlMs
     this.#download = init.download
   }
 
@@ -292,6 +296,7 @@ export class BlobFetcher implements Startable {
           held,
           concurrency: this.#concurrency,
           peerDepth: this.#peerDepth,
+          ...(this.#claimTtlMs !== undefined && { claimTtlMs: this.#claimTtlMs }),
           priority: this.#transferSeq++
         }
       )

@@ -76,6 +76,8 @@ interface Flight {
   abort: AbortController
   /** When it was launched (the transfer's clock). */
   started: number
+  /** When peers last heard this node's claim on the piece (registry flights). */
+  claimed?: number
 }
 
 const REGISTRY = 'registry'
@@ -359,6 +361,7 @@ export class BlobTransfer implements LiveBlob {
       random: Math.random
     }
     this.#yieldToLowerClaims(sessions, now)
+    this.#renewClaims(now)
     let peerFlights = 0
     for (const n of this.#peerLoad.values()) peerFlights += n
     for (const s of shuffle(sessions)) {
@@ -454,6 +457,22 @@ export class BlobTransfer implements LiveBlob {
       if (lower) {
         this.#c.logger.debug({ digest: this.digest, index: i }, 'registry piece left to a peer')
         mine.abort.abort(new AbortedError(`piece ${i} is being fetched by a peer`))
+      }
+    }
+  }
+
+  /**
+   * Tells peers again of the registry pieces still on their way: a claim lasts `claimTtlMs` at
+   * the peers, and a slow registry (or a piece waiting for the download cap) outlives it, after
+   * which other nodes would take the same piece from the registry too.
+   */
+  #renewClaims(now: number): void {
+    for (const [i, flights] of this.#flights) {
+      for (const f of flights) {
+        if (f.source !== REGISTRY || f.abort.signal.aborted) continue
+        if (now - (f.claimed ?? f.started) < this.#claimTtlMs / 3) continue
+        f.claimed = now
+        this.#emitLive({ type: 'fetching', index: i })
       }
     }
   }

@@ -240,6 +240,24 @@ describe('BlobFetcher with a swarm', () => {
     assert.equal(a.served, 3)
   })
 
+  it('renews its claims on registry pieces that outlive the claim time (a slow registry)', async () => {
+    const { data, digest } = blob(2)
+    swarm.add(digest, new MemoryPeer('a', data, []))
+    upstream.delayMs = 700
+    const claims = new Map<number, number>()
+    swarm.onPublish = (live) =>
+      live.onEvent((e) => {
+        if (e.type === 'fetching') claims.set(e.index, (claims.get(e.index) ?? 0) + 1)
+      })
+    const slow = new BlobFetcher(
+      { store, upstreams: upstream, clock: systemClock, logger, metrics, peers: swarm },
+      { pieceSize: PIECE, registryConcurrency: 4, registryStreams: 4, claimTtlMs: 300 }
+    )
+    await slow.fetch({ digest, size: data.length, ...at })
+    // Announced at launch, then again every third of the claim time while the piece is on its way.
+    assert.ok(Math.max(...claims.values()) >= 3, JSON.stringify([...claims]))
+  })
+
   it('bans a peer that sends a piece failing its hash, and completes from the others', async () => {
     const { data, digest, all } = blob(10)
     const bad = swarm.add(digest, new MemoryPeer('bad', data, all))
