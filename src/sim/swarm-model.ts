@@ -35,6 +35,8 @@ export interface SwarmModelInit {
   claimTtlMs?: number
   /** Time without a new piece after which the registry may take any piece. Default 10 s. */
   patience?: number
+  /** Called each time a node completes (done so far, all nodes, virtual time): for progress output. */
+  onNodeDone?: (done: number, total: number, time: number) => void
 }
 
 /** What a run measured. */
@@ -209,6 +211,7 @@ class SwarmModel {
     if (to.missing.size === 0) {
       to.completedAt = now
       this.#unfinished--
+      this.#init.onNodeDone?.(this.#init.nodes - this.#unfinished, this.#init.nodes, now)
     }
     this.#queue.schedule(now + (this.#init.haveLatency ?? 0), () => {
       to.offered[piece] = 1

@@ -1,0 +1,115 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import { simulate } from '../../../simulations/run.ts'
+import {
+  InvalidScenarioError,
+  loadScenario,
+  parseScenario,
+  scenarioToInit
+} from '../../../src/sim/scenario.ts'
+
+const scenarios = 'simulations/scenarios'
+const MiB = 1024 * 1024
+
+describe('scenario files', () => {
+  it('every shipped scenario validates, under its file name', async () => {
+    const files = (await readdir(scenarios)).filter((f) => f.endsWith('.json'))
+    assert.ok(files.includes('flash-crowd-32.json') && files.includes('flash-crowd-100.json'))
+    for (const f of files) {
+      const s = await loadScenario(join(scenarios, f))
+      assert.equal(`${s.name}.json`, f)
+      const init = scenarioToInit(s)
+      assert.ok(init.nodes > 0 && init.pieces > 0 && init.imageBytes > 0)
+    }
+  })
+
+  it('turns sizes and seconds into the model init', () => {
+    const s = parseScenario({
+      name: 'tiny',
+      seed: 3,
+      topology: { nodes: 4, upload: '1MiB', download: [MiB, '2MiB', MiB, MiB], registryUpload: 512 * 1024 },
+      image: { size: '8MiB', pieceSize: '1MiB' },
+      shoal: { claimTtl: 15 }
+    })
+    assert.deepEqual(scenarioToInit(s), {
+      nodes: 4,
+      imageBytes: 8 * MiB,
+      pieces: 8,
+      upload: MiB,
+      download: [MiB, 2 * MiB, MiB, MiB],
+      registryUpload: 512 * 1024,
+      seed: 3,
+      claimTtlMs: 15_000
+    })
+  })
+
+  it('names the path of each bad field', () => {
+    assert.throws(
+      () =>
+        parseScenario(
+          {
+            name: 'bad',
+            seed: 1,
+            topology: { nodes: 3, upload: [MiB, 'fast', MiB], download: [MiB], registryUpload: MiB },
+            image: { size: '8MiB', pieces: 8 },
+            shoal: { peerDepth: 0 }
+          },
+          'bad.json'
+        ),
+      (err: unknown) => {
+        assert.ok(err instanceof InvalidScenarioError)
+        assert.match(err.message, /^bad\.json is not a valid scenario/)
+        assert.match(err.message, /topology\.upload\.1: "fast" is not a positive rate/)
+        assert.match(err.message, /shoal\.peerDepth:/)
+        return true
+      }
+    )
+    assert.throws(
+      () =>
+        parseScenario({
+          name: 'bad',
+          seed: 1,
+          topology: { nodes: 3, upload: MiB, download: [MiB], registryUpload: MiB },
+          image: { size: '8MiB', pieces: 8 }
+        }),
+      /topology\.download: has 1 rates for 3 nodes/
+    )
+  })
+})
+
+describe('simulate', () => {
+  it('runs a small scenario and writes a result with the goal figures and a CDF plot', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-sim-'))
+    try {
+      const s = parseScenario({
+        name: 'small',
+        seed: 1,
+        topology: { nodes: 6, upload: '1MiB', download: '1MiB', registryUpload: '1MiB' },
+        image: { size: '8MiB', pieces: 8 }
+      })
+      const progress: string[] = []
+      const out = await simulate(s, dir, (line) => progress.push(line))
+      assert.ok(progress.at(-1)?.startsWith('6/6 nodes done'))
+      const result = JSON.parse(await readFile(out.jsonPath, 'utf8'))
+      assert.equal(result.scenario, 'small')
+      assert.equal(result.completion.length, 6)
+      assert.equal(result.uploaded.length, 6)
+      const r = result.report
+      assert.equal(r.tMin, 8)
+      assert.ok(r.registryEgressOverF >= 1)
+      assert.ok(r.completionOverTMin.p50 >= 1 - 1e-9)
+      assert.ok(r.completionOverTMin.p99 >= r.completionOverTMin.p50)
+      assert.ok(r.completionOverTMin.max >= r.completionOverTMin.p99)
+      assert.ok(r.uploadMaxOverMean >= 1)
+      assert.ok(r.uploadJain > 0 && r.uploadJain <= 1)
+      const svg = await readFile(out.svgPath, 'utf8')
+      assert.match(svg, /^<svg /)
+      assert.match(svg, /T_min/)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
