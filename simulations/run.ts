@@ -9,8 +9,9 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
+import { ScenarioInvalidError } from '../src/errors.ts'
 import { goalTable, reportSwarm } from '../src/sim/report.ts'
-import { InvalidScenarioError, loadScenario, type Scenario, scenarioToInit } from '../src/sim/scenario.ts'
+import { loadScenario, type Scenario, scenarioToInit } from '../src/sim/scenario.ts'
 import { runSwarmModel } from '../src/sim/swarm-model.ts'
 import { cdfChartSvg } from '../test/bench/chart.ts'
 
@@ -90,7 +91,7 @@ async function main(): Promise<void> {
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   main().catch((err: unknown) => {
-    if (err instanceof InvalidScenarioError) process.stderr.write(`${err.message}\n`)
+    if (err instanceof ScenarioInvalidError) process.stderr.write(`${err.message}\n`)
     else process.stderr.write(`${(err as Error).stack ?? String(err)}\n`)
     process.exitCode = 1
   })

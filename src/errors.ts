@@ -111,6 +111,8 @@ export const HyperlayerParentMismatchError = define(
   'HYPERLAYER_PARENT_MISMATCH',
   'HyperlayerParentMismatchError'
 )
+/** A simulation scenario file does not validate; the message names each bad field by its path. */
+export const ScenarioInvalidError = define('SCENARIO_INVALID', 'ScenarioInvalidError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -146,7 +148,8 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   NOT_MATERIALIZED: 404,
   DEVICE_MAPPER_MISSING: 500,
   HYPERLAYER_INVALID: 502,
-  HYPERLAYER_PARENT_MISMATCH: 409
+  HYPERLAYER_PARENT_MISMATCH: 409,
+  SCENARIO_INVALID: 400
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */

@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises'
 import { z } from 'zod'
 import { parseSize } from '../config/units.ts'
+import { ScenarioInvalidError } from '../errors.ts'
 import type { SwarmModelInit } from './swarm-model.ts'
 
 const size = () =>
@@ -97,12 +98,6 @@ export const scenarioSchema = z
 /** A validated scenario. */
 export type Scenario = z.output<typeof scenarioSchema>
 
-/** A scenario file that does not validate; the message names each bad field by its path. */
-export class InvalidScenarioError extends Error {
-  override name = 'InvalidScenarioError'
-  readonly code = 'ERR_INVALID_SCENARIO'
-}
-
 /** Validates parsed JSON as a scenario; `source` names it in errors. */
 export function parseScenario(json: unknown, source = 'scenario'): Scenario {
   const r = scenarioSchema.safeParse(json)
@@ -110,7 +105,7 @@ export function parseScenario(json: unknown, source = 'scenario'): Scenario {
   const lines = r.error.issues.map(
     (i) => `  ${i.path.length > 0 ? i.path.join('.') : '(root)'}: ${i.message}`
   )
-  throw new InvalidScenarioError(`${source} is not a valid scenario:\n${lines.join('\n')}`)
+  throw new ScenarioInvalidError(`${source} is not a valid scenario:\n${lines.join('\n')}`)
 }
 
 /** Reads and validates a scenario file. */
@@ -120,7 +115,7 @@ export async function loadScenario(path: string): Promise<Scenario> {
   try {
     json = JSON.parse(text)
   } catch (err) {
-    throw new InvalidScenarioError(`${path} is not JSON: ${(err as Error).message}`)
+    throw new ScenarioInvalidError(`${path} is not JSON: ${(err as Error).message}`)
   }
   return parseScenario(json, path)
 }

@@ -4,12 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { simulate } from '../../../simulations/run.ts'
-import {
-  InvalidScenarioError,
-  loadScenario,
-  parseScenario,
-  scenarioToInit
-} from '../../../src/sim/scenario.ts'
+import { ScenarioInvalidError } from '../../../src/errors.ts'
+import { loadScenario, parseScenario, scenarioToInit } from '../../../src/sim/scenario.ts'
 
 const scenarios = 'simulations/scenarios'
 const MiB = 1024 * 1024
@@ -60,7 +56,7 @@ describe('scenario files', () => {
           'bad.json'
         ),
       (err: unknown) => {
-        assert.ok(err instanceof InvalidScenarioError)
+        assert.ok(err instanceof ScenarioInvalidError)
         assert.match(err.message, /^bad\.json is not a valid scenario/)
         assert.match(err.message, /topology\.upload\.1: "fast" is not a positive rate/)
         assert.match(err.message, /shoal\.peerDepth:/)
