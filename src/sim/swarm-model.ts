@@ -33,7 +33,7 @@ export interface SwarmModelInit {
   registryWindow?: number
   /** How long a `fetching` claim holds other nodes off a piece (ms, as the picker). Default 15 s. */
   claimTtlMs?: number
-  /** Time without a new piece after which the registry may take any piece. Default 10 s. */
+  /** Time without a new piece after which the registry may take any piece (s). Default 30 s. */
   patience?: number
   /** Called each time a node completes (done so far, all nodes, virtual time): for progress output. */
   onNodeDone?: (done: number, total: number, time: number) => void
@@ -60,6 +60,9 @@ interface Transfer {
 }
 
 const REGISTRY = 'registry'
+// As the transfer's defaults (src/fetch/transfer.ts).
+const DEFAULT_CLAIM_TTL_MS = 15_000
+const DEFAULT_PATIENCE_S = 30
 
 class SimNode implements PeerView {
   readonly peerId: string
@@ -81,7 +84,10 @@ class SimNode implements PeerView {
     readonly up: Link,
     readonly down: Link,
     count: number,
-    readonly registryStart: number
+    readonly registryStart: number,
+    /** The model's clock (ms) and how often a claim is renewed (ms). */
+    readonly now: () => number,
+    readonly renewMs: number
   ) {
     this.peerId = `n${index}`
     this.held = new Uint8Array(count)
@@ -94,7 +100,12 @@ class SimNode implements PeerView {
   }
 
   fetchingSince(index: number): number | undefined {
-    return this.claims.get(index)
+    const since = this.claims.get(index)
+    if (since === undefined) return undefined
+    // The transfer renews its claim every third of the claim time while the piece is on its
+    // way: seen from a peer, the claim is never older than that.
+    if ((this.flights.get(index)?.length ?? 0) > 0) return Math.max(since, this.now() - this.renewMs)
+    return since
   }
 
   get peerFlights(): number {
@@ -130,7 +141,9 @@ class SwarmModel {
     for (let n = 0; n < init.nodes; n++) {
       const up = { name: `n${n}.up`, capacity: rate(init.upload, n) }
       const down = { name: `n${n}.down`, capacity: rate(init.download, n) }
-      this.#nodes.push(new SimNode(n, up, down, init.pieces, Math.floor(this.#random() * init.pieces)))
+      const start = Math.floor(this.#random() * init.pieces)
+      const renewMs = (init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS) / 3
+      this.#nodes.push(new SimNode(n, up, down, init.pieces, start, () => this.#queue.now * 1000, renewMs))
     }
     // Rendezvous hashing over all nodes: every node knows the same members, so one owner each.
     for (let i = 0; i < init.pieces; i++) {
@@ -256,8 +269,8 @@ class SwarmModel {
       count: init.pieces,
       peers,
       now: nowMs,
-      claimTtlMs: init.claimTtlMs ?? 15_000,
-      impatient: this.#queue.now - node.lastProgress > (init.patience ?? 10),
+      claimTtlMs: init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS,
+      impatient: this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_PATIENCE_S),
       registryStart: node.registryStart,
       random: this.#random
     }
