@@ -39,3 +39,8 @@ export const DEFAULT_LVM_POOL = 'shoal-pool'
 export const DEFAULT_LVM_POOL_SIZE = '95%FREE'
 /** Virtual size of each image's volumes: the most an image (plus a container's writes) holds. */
 export const DEFAULT_LVM_VOLUME_SIZE = '10G'
+
+/** How long a peer's `fetching` claim keeps other nodes off a piece (renewed while it runs). */
+export const DEFAULT_CLAIM_TTL_MS = 15_000
+/** Without progress for this long, a transfer may take any piece from the registry. */
+export const DEFAULT_SWARM_PATIENCE_MS = 30_000

@@ -2,6 +2,7 @@ import { createHash, type Hash } from 'node:crypto'
 import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
+import { DEFAULT_CLAIM_TTL_MS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
 import { AbortedError, DigestMismatchError, SizeMismatchError, toShoalError } from '../errors.ts'
@@ -174,8 +175,8 @@ export class BlobTransfer implements LiveBlob {
         ? Number.POSITIVE_INFINITY
         : Math.max(2, Math.ceil((PEER_QUEUE_SECONDS * rate) / this.pieceSize))
     this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 30_000
-    this.#claimTtlMs = init.claimTtlMs ?? 15_000
-    this.#patienceMs = init.swarmPatienceMs ?? 30_000
+    this.#claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
+    this.#patienceMs = init.swarmPatienceMs ?? DEFAULT_SWARM_PATIENCE_MS
     this.#rank = init.priority ?? 0
     this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (let i = 0; i < this.count; i++) this.#missing.add(i)

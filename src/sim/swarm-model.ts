@@ -5,10 +5,13 @@
  * does. The DHT is modelled as "every node knows every other after a lookup delay"; HAVEs reach
  * every peer after a fixed latency. Seeded: the same init gives the same result.
  */
+
+import { DEFAULT_CLAIM_TTL_MS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
 import { type PeerView, type PickState, pickForPeer, pickForRegistry } from '../fetch/piece-picker.ts'
+import { shuffle } from '../shuffle.ts'
 import { EventQueue } from './event-queue.ts'
 import { type Flow, FlowNetwork, type Link } from './flow-network.ts'
-import { mulberry32, seededShuffle } from './random.ts'
+import { mulberry32 } from './random.ts'
 
 /** A swarm to simulate; rates in bytes per second, times in seconds. */
 export interface SwarmModelInit {
@@ -60,9 +63,6 @@ interface Transfer {
 }
 
 const REGISTRY = 'registry'
-// As the transfer's defaults (src/fetch/transfer.ts).
-const DEFAULT_CLAIM_TTL_MS = 15_000
-const DEFAULT_PATIENCE_S = 30
 
 class SimNode implements PeerView {
   readonly peerId: string
@@ -270,11 +270,11 @@ class SwarmModel {
       peers,
       now: nowMs,
       claimTtlMs: init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS,
-      impatient: this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_PATIENCE_S),
+      impatient: this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000),
       registryStart: node.registryStart,
       random: this.#random
     }
-    const sessions = only === undefined ? seededShuffle(peers, this.#random) : [only]
+    const sessions = only === undefined ? shuffle(peers, this.#random) : [only]
     for (const s of sessions) {
       if (peerFlights >= maxPeer) break
       while ((node.peerLoad.get(s.peerId) ?? 0) < depth && peerFlights < maxPeer) {
