@@ -398,7 +398,7 @@ export class PieceExchange implements Startable {
    * Peer exchange: the peers this node knows to be on `digest` (sessions either way, recent
    * askers), but `asker` and banned peers, with the addresses identify gave for them.
    */
-  async #swarmPeers(digest: string, asker: string): Promise<WirePeer[]> {
+  #swarmPeers(digest: string, asker: string): WirePeer[] {
     const ids = new Set<string>()
     for (const s of this.#outbound) if (s.digest === digest) ids.add(s.peerId)
     // Only sessions being served: one refused (a private blob, no proof) is no peer of the blob.

@@ -62,7 +62,7 @@ export interface ServedSessionInit {
   /** Paces what this node uploads; absent, uploads are not capped. */
   upload?: TokenBucket | undefined
   /** Other peers known to be on a blob, for peer exchange (the asker is left out). */
-  swarmPeers?: (digest: string, asker: string) => Promise<WirePeer[]>
+  swarmPeers?: (digest: string, asker: string) => WirePeer[]
   /** Told when the session starts serving `digest`: one more peer on that blob. */
   onServing?: (digest: string) => void
   onClosed: (s: ServedSession) => void
@@ -286,21 +286,15 @@ export class ServedSession {
   sharePeers(): void {
     const known = this.#init.swarmPeers
     if (known === undefined || this.#state !== 'serving') return
-    const digest = this.#digest
-    known(digest, this.peerId).then(
-      (all) => {
-        const peers = all.filter((p) => !this.#told.has(p.peerId))
-        if (peers.length === 0 || this.#state !== 'serving') return
-        for (const p of peers) this.#told.add(p.peerId)
-        this.#log.debug({ digest, peer: this.peerId, peers: peers.length }, 'peer exchange sent')
-        try {
-          sendFrame(this.#stream, { type: 'peers', peers })
-        } catch (err) {
-          this.abort(toError(err))
-        }
-      },
-      (err: unknown) => this.#log.debug({ digest, err: toError(err).message }, 'no peers to share')
-    )
+    const peers = known(this.#digest, this.peerId).filter((p) => !this.#told.has(p.peerId))
+    if (peers.length === 0) return
+    for (const p of peers) this.#told.add(p.peerId)
+    this.#log.debug({ digest: this.#digest, peer: this.peerId, peers: peers.length }, 'peer exchange sent')
+    try {
+      sendFrame(this.#stream, { type: 'peers', peers })
+    } catch (err) {
+      this.abort(toError(err))
+    }
   }
 
   #onLive(e: LiveBlobEvent): void {
