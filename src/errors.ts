@@ -113,6 +113,16 @@ export const HyperlayerParentMismatchError = define(
 )
 /** A simulation scenario file does not validate; the message names each bad field by its path. */
 export const ScenarioInvalidError = define('SCENARIO_INVALID', 'ScenarioInvalidError')
+/** `ip` or `tc` (iproute2) is not installed: the protocol-level simulator cannot build its network. */
+export const IprouteMissingError = define('IPROUTE_MISSING', 'IprouteMissingError')
+/** Creating network namespaces, links or qdiscs was refused: the simulator needs root (CAP_NET_ADMIN). */
+export const NetnsPermissionError = define('NETNS_PERMISSION', 'NetnsPermissionError')
+/** A link latency was asked for, but this kernel has no netem queueing discipline (sch_netem). */
+export const NetemUnavailableError = define('NETEM_UNAVAILABLE', 'NetemUnavailableError')
+/** An `ip` or `tc` command building or reading the simulated network failed for another reason. */
+export const NetnsSetupError = define('NETNS_SETUP_FAILED', 'NetnsSetupError')
+/** A protocol-level simulation did not finish within its time limit; everything it made is removed. */
+export const SimulationTimeoutError = define('SIMULATION_TIMEOUT', 'SimulationTimeoutError')
 
 /** Status code for each error code, used by the socket API and the mirror. */
 export const HTTP_STATUS: Readonly<Record<string, number>> = {
@@ -149,7 +159,12 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   DEVICE_MAPPER_MISSING: 500,
   HYPERLAYER_INVALID: 502,
   HYPERLAYER_PARENT_MISMATCH: 409,
-  SCENARIO_INVALID: 400
+  SCENARIO_INVALID: 400,
+  IPROUTE_MISSING: 500,
+  NETNS_PERMISSION: 500,
+  NETEM_UNAVAILABLE: 500,
+  NETNS_SETUP_FAILED: 500,
+  SIMULATION_TIMEOUT: 504
 }
 
 /** Wraps anything thrown into a ShoalError (unknown failures become `INTERNAL`). */
