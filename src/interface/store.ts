@@ -16,6 +16,11 @@ export interface BlobInfo {
   /** Number of verified pieces held. */
   piecesHeld: number
   pinned: boolean
+  /**
+   * The names holding the blob pinned (image references, digests), oldest first; absent when
+   * it is not pinned. A blob stays pinned while any name holds it.
+   */
+  pins?: readonly string[]
   /** Last use, ms since epoch (LRU eviction order). */
   lastUsed: number
 }
@@ -73,6 +78,30 @@ export interface ReadOptions extends AbortOptions {
   into?: Uint8Array
 }
 
+/** Options of `setPinned`. */
+export interface PinOptions extends AbortOptions {
+  /**
+   * The name the pin is held under: an image reference, a digest. Default: the blob's own
+   * digest. Unpinning with a name drops only that name; without one, every name.
+   */
+  name?: string
+}
+
+/** Options of `evict`. */
+export interface EvictOptions extends AbortOptions {
+  /** Evict until the store uses at most this many bytes; without it, everything evictable. */
+  targetBytes?: number
+}
+
+/** What `evict` removed. */
+export interface EvictResult {
+  /** The blobs evicted, least recently used first. */
+  evicted: { digest: string; size: number }[]
+  freedBytes: number
+  /** The store's use once they are gone. */
+  usage: StoreUsage
+}
+
 /** Holds a blob in use: it cannot be evicted until released. */
 export interface Lease {
   release(): void
@@ -113,8 +142,19 @@ export interface BlobStore extends Startable {
   complete(digest: string, options?: AbortOptions): Promise<BlobInfo>
   /** Forget a blob and its bytes (also used to drop a blob that failed its digest check). */
   delete(digest: string, options?: AbortOptions): Promise<void>
-  /** Pinned blobs are never evicted. */
-  setPinned(digest: string, pinned: boolean, options?: AbortOptions): Promise<void>
+  /**
+   * Pins or unpins a blob under a name (see `PinOptions`); pinned blobs are never evicted.
+   * Persisted with the blob's record. Throws `BlobUnknownError` for a blob the store lacks.
+   */
+  setPinned(digest: string, pinned: boolean, options?: PinOptions): Promise<void>
+  /**
+   * Evicts complete blobs that are neither pinned nor leased, least recently used first, down
+   * to `targetBytes` (or all of them). Reaching the target is not promised: what is pinned, in
+   * use or partial stays.
+   */
+  evict(options?: EvictOptions): Promise<EvictResult>
+  /** Changes the quota; a lower one is reached by the next `evict` or `begin`. */
+  setQuota(bytes: number): void
   /** Mark a blob in use (not evictable) until the lease is released. */
   acquire(digest: string): Lease
   /** Record a use (moves the blob to the back of the LRU). */

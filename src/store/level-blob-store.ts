@@ -22,15 +22,26 @@ import type {
   BlobAccess,
   BlobInfo,
   BlobStore,
+  EvictOptions,
+  EvictResult,
   Lease,
   PieceInfo,
   PieceSource,
+  PinOptions,
   PutPieceInit,
   ReadOptions,
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { beginRecord, checkPiece, checkReadRange, grantedAccess } from './store-checks.ts'
+import {
+  applyPins,
+  beginRecord,
+  checkPiece,
+  checkReadRange,
+  grantedAccess,
+  MAX_PIN_NAME,
+  pinsAfter
+} from './store-checks.ts'
 
 export interface LevelBlobStoreComponents {
   clock: Clock
@@ -51,6 +62,8 @@ interface BlobRecord {
   mediaType?: string
   complete: boolean
   pinned: boolean
+  /** The names pinning the blob (absent in records from before named pins: the digest's own). */
+  pins?: string[]
   lastUsed: number
   /** Served to peers only against a proof (absent in records from before private blobs: public). */
   private?: boolean
@@ -296,11 +309,38 @@ export class LevelBlobStore implements BlobStore {
     await this.#purge(db, digest)
   }
 
-  async setPinned(digest: string, pinned: boolean): Promise<void> {
+  async setPinned(digest: string, pinned: boolean, options: PinOptions = {}): Promise<void> {
     const db = this.#open()
     const b = this.#blob(digest, true)
-    b.pinned = pinned
-    await db.put(blobKey(digest), this.#record(b))
+    const pins = pinsAfter(b, pinned, options.name)
+    if (!pins) return
+    // In memory first: an eviction choosing victims meanwhile already spares the blob.
+    applyPins(b, pins)
+    try {
+      await db.put(blobKey(digest), this.#record(b))
+    } catch (err) {
+      throw this.#failure(db, err, `could not record the pins of ${digest}`)
+    }
+  }
+
+  async evict(options: EvictOptions = {}): Promise<EvictResult> {
+    const db = this.#open()
+    const evicted: { digest: string; size: number }[] = []
+    const removals: Promise<void>[] = []
+    // Chosen and forgotten in one synchronous step, as in `begin`.
+    for (const b of this.#quota.evictable(options.targetBytes)) {
+      this.#log.info({ digest: b.digest, size: b.size }, 'evicting blob')
+      this.#onEvict?.(b.digest)
+      removals.push(this.#purge(db, b.digest))
+      evicted.push({ digest: b.digest, size: b.size })
+    }
+    await Promise.all(removals)
+    const freedBytes = evicted.reduce((n, e) => n + e.size, 0)
+    return { evicted, freedBytes, usage: this.#quota.usage() }
+  }
+
+  setQuota(bytes: number): void {
+    this.#quota.setQuota(bytes)
   }
 
   acquire(digest: string): Lease {
@@ -446,9 +486,10 @@ export class LevelBlobStore implements BlobStore {
         ...(r.mediaType !== undefined && { mediaType: r.mediaType }),
         complete: r.complete,
         piecesHeld: 0,
-        pinned: r.pinned,
+        pinned: false,
         lastUsed: r.lastUsed
       })
+      applyPins(this.#quota.blobs.get(digest) as BlobInfo, pinsOf(digest, r))
       this.#pieces.set(digest, new Map())
       this.#access.set(digest, accessOf(r))
     }
@@ -557,6 +598,15 @@ function accessOf(r: BlobRecord): BlobAccess {
   return { private: r.private !== undefined && r.private !== false, keys }
 }
 
+/** The names pinning a blob, from its record; a malformed name is dropped. */
+function pinsOf(digest: string, r: BlobRecord): readonly string[] {
+  if (!Array.isArray(r.pins)) return Object.freeze(r.pinned === true ? [digest] : [])
+  const names = r.pins.filter(
+    (p): p is string => typeof p === 'string' && p.length > 0 && p.length <= MAX_PIN_NAME
+  )
+  return Object.freeze([...new Set(names)])
+}
+
 function toRecord(b: BlobInfo): BlobRecord {
   return {
     size: b.size,
@@ -564,6 +614,7 @@ function toRecord(b: BlobInfo): BlobRecord {
     ...(b.mediaType !== undefined && { mediaType: b.mediaType }),
     complete: b.complete,
     pinned: b.pinned,
+    ...(b.pins !== undefined && b.pins.length > 0 && { pins: [...b.pins] }),
     lastUsed: b.lastUsed
   }
 }

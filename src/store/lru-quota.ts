@@ -1,4 +1,4 @@
-import { StoreFullError } from '../errors.ts'
+import { InternalError, StoreFullError } from '../errors.ts'
 import type { BlobInfo, Lease, StoreUsage } from '../interface/store.ts'
 
 /**
@@ -7,12 +7,21 @@ import type { BlobInfo, Lease, StoreUsage } from '../interface/store.ts'
  * Both store implementations use it, so eviction behaves the same in tests and in production.
  */
 export class LruQuota {
-  readonly quotaBytes: number
+  #quotaBytes: number
   readonly blobs = new Map<string, BlobInfo>()
   readonly #leases = new Map<string, number>()
 
   constructor(quotaBytes: number) {
-    this.quotaBytes = quotaBytes
+    this.#quotaBytes = checkQuota(quotaBytes)
+  }
+
+  get quotaBytes(): number {
+    return this.#quotaBytes
+  }
+
+  /** A new quota (a reload); blobs beyond it go at the next eviction. */
+  setQuota(bytes: number): void {
+    this.#quotaBytes = checkQuota(bytes)
   }
 
   usage(): StoreUsage {
@@ -52,9 +61,7 @@ export class LruQuota {
   victimsFor(digest: string, needed: number): string[] {
     let used = this.usage().usedBytes
     if (used + needed <= this.quotaBytes) return []
-    const candidates = [...this.blobs.values()]
-      .filter((b) => b.digest !== digest && b.complete && !b.pinned && !this.leased(b.digest))
-      .sort((a, b) => a.lastUsed - b.lastUsed)
+    const candidates = this.#candidates(digest)
     const victims: string[] = []
     for (const b of candidates) {
       if (used + needed <= this.quotaBytes) break
@@ -69,4 +76,31 @@ export class LruQuota {
     }
     return victims
   }
+
+  /**
+   * The blobs to evict, oldest use first, to bring the store down to `targetBytes` (all that
+   * qualify when undefined); as many as there are when even all of them do not reach it.
+   */
+  evictable(targetBytes?: number): BlobInfo[] {
+    let used = this.usage().usedBytes
+    const out: BlobInfo[] = []
+    for (const b of this.#candidates(undefined)) {
+      if (targetBytes !== undefined && used <= targetBytes) break
+      out.push(b)
+      used -= b.size
+    }
+    return out
+  }
+
+  /** Complete blobs neither pinned nor leased (but `except`), least recently used first. */
+  #candidates(except: string | undefined): BlobInfo[] {
+    return [...this.blobs.values()]
+      .filter((b) => b.digest !== except && b.complete && !b.pinned && !this.leased(b.digest))
+      .sort((a, b) => a.lastUsed - b.lastUsed)
+  }
+}
+
+function checkQuota(bytes: number): number {
+  if (!Number.isSafeInteger(bytes) || bytes < 0) throw new InternalError(`a quota of ${bytes} bytes`)
+  return bytes
 }

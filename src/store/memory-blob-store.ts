@@ -8,13 +8,23 @@ import type {
   BlobAccess,
   BlobInfo,
   BlobStore,
+  EvictOptions,
+  EvictResult,
   Lease,
   PieceInfo,
+  PinOptions,
   PutPieceInit,
   StoreUsage
 } from '../interface/store.ts'
 import { LruQuota } from './lru-quota.ts'
-import { beginRecord, checkPiece, checkReadRange, grantedAccess } from './store-checks.ts'
+import {
+  applyPins,
+  beginRecord,
+  checkPiece,
+  checkReadRange,
+  grantedAccess,
+  pinsAfter
+} from './store-checks.ts'
 
 export interface MemoryBlobStoreComponents {
   clock: Clock
@@ -130,8 +140,27 @@ export class MemoryBlobStore implements BlobStore {
     this.#forget(digest)
   }
 
-  async setPinned(digest: string, pinned: boolean): Promise<void> {
-    this.#blob(digest, true).pinned = pinned
+  async setPinned(digest: string, pinned: boolean, options: PinOptions = {}): Promise<void> {
+    const b = this.#blob(digest, true)
+    const pins = pinsAfter(b, pinned, options.name)
+    if (pins) applyPins(b, pins)
+  }
+
+  async evict(options: EvictOptions = {}): Promise<EvictResult> {
+    this.#check()
+    const evicted: { digest: string; size: number }[] = []
+    for (const b of this.#quota.evictable(options.targetBytes)) {
+      this.#log.info({ digest: b.digest, size: b.size }, 'evicting blob')
+      this.#onEvict?.(b.digest)
+      this.#forget(b.digest)
+      evicted.push({ digest: b.digest, size: b.size })
+    }
+    const freedBytes = evicted.reduce((n, e) => n + e.size, 0)
+    return { evicted, freedBytes, usage: this.#quota.usage() }
+  }
+
+  setQuota(bytes: number): void {
+    this.#quota.setQuota(bytes)
   }
 
   acquire(digest: string): Lease {

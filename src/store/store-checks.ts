@@ -112,3 +112,35 @@ export function grantedAccess(current: BlobAccess, grant: AccessGrant): BlobAcce
   }
   return { private: current.private || grant.private === true, keys }
 }
+
+/** Longest pin name kept (an image reference is at most a few hundred characters). */
+export const MAX_PIN_NAME = 512
+
+/**
+ * The names pinning a blob after a `setPinned`, shared by both stores: pinning adds `name`
+ * (the digest by default) once; unpinning drops `name`, or every name when none is given.
+ * Returns undefined when nothing changed (no write needed).
+ */
+export function pinsAfter(
+  b: BlobInfo,
+  pinned: boolean,
+  name: string | undefined
+): readonly string[] | undefined {
+  const current = b.pins ?? []
+  if (name !== undefined && (name.length === 0 || name.length > MAX_PIN_NAME)) {
+    throw new InternalError(`a pin name must be 1 to ${MAX_PIN_NAME} characters`)
+  }
+  if (pinned) {
+    const n = name ?? b.digest
+    return current.includes(n) ? undefined : Object.freeze([...current, n])
+  }
+  if (name === undefined) return current.length === 0 ? undefined : Object.freeze([])
+  return current.includes(name) ? Object.freeze(current.filter((p) => p !== name)) : undefined
+}
+
+/** Sets a blob's pins and its `pinned` flag together (no `pins` field when it is not pinned). */
+export function applyPins(b: BlobInfo, pins: readonly string[]): void {
+  b.pinned = pins.length > 0
+  if (b.pinned) b.pins = pins
+  else delete b.pins
+}

@@ -379,6 +379,82 @@ export function storeConformance(
       assert.equal(await store.stat(pinned.digest), undefined)
     })
 
+    it('keeps a blob pinned while any name holds it', async () => {
+      const store = await open(2 * PIECE)
+      const shared = testBlob(PIECE, 'pin-shared')
+      await putBlob(store, shared)
+      await store.setPinned(shared.digest, true, { name: 'reg/app:v1' })
+      await store.setPinned(shared.digest, true, { name: 'reg/app:v2' })
+      await store.setPinned(shared.digest, true, { name: 'reg/app:v2' })
+      assert.deepEqual((await store.stat(shared.digest))?.pins, ['reg/app:v1', 'reg/app:v2'])
+      await store.setPinned(shared.digest, false, { name: 'reg/app:v1' })
+      assert.equal((await store.stat(shared.digest))?.pinned, true, 'v2 still holds it')
+      // Still pinned: a blob that needs all the room cannot have it.
+      await rejectsWithCode(() => putBlob(store, testBlob(2 * PIECE, 'pin-big')), 'STORE_FULL')
+      await store.setPinned(shared.digest, false, { name: 'reg/app:v2' })
+      const info = await store.stat(shared.digest)
+      assert.equal(info?.pinned, false)
+      assert.equal(info?.pins, undefined)
+      // Unpinning without a name drops every name.
+      await store.setPinned(shared.digest, true)
+      await store.setPinned(shared.digest, true, { name: 'other' })
+      await store.setPinned(shared.digest, false)
+      assert.equal((await store.stat(shared.digest))?.pinned, false)
+    })
+
+    it('evicts down to a target, least recently used first, sparing pinned, leased and partial blobs', async () => {
+      const evicted: string[] = []
+      const store = await open(16 * PIECE)
+      const [a, b, c, d, p, l] = ['a', 'b', 'c', 'd', 'p', 'l'].map((s) => testBlob(PIECE, `gc-${s}`))
+      for (const blob of [p, l, a, b, c, d] as TestBlob[]) {
+        clock.tick()
+        await putBlob(store, blob)
+      }
+      const partial = testBlob(2 * PIECE, 'gc-partial')
+      await putBlob(store, partial, { indexes: [0] })
+      await store.setPinned(p!.digest, true)
+      const lease = store.acquire(l!.digest)
+      clock.tick()
+      await store.touch(a!.digest)
+      // 8 pieces used (6 blobs and the partial's 2): down to 6 frees the two least recently used.
+      const first = await store.evict({ targetBytes: 6 * PIECE })
+      evicted.push(...first.evicted.map((e) => e.digest))
+      assert.deepEqual(evicted, [b!.digest, c!.digest])
+      assert.equal(first.freedBytes, 2 * PIECE)
+      assert.equal(first.usage.usedBytes, 6 * PIECE)
+      assert.equal(await store.stat(b!.digest), undefined)
+      // No target: everything evictable goes; pinned, leased and partial blobs stay.
+      const all = await store.evict()
+      assert.deepEqual(
+        all.evicted.map((e) => e.digest),
+        [d!.digest, a!.digest]
+      )
+      assert.deepEqual(
+        (await store.list()).map((x) => x.digest).sort(),
+        [p!.digest, l!.digest, partial.digest].sort()
+      )
+      // Nothing left to evict: an unreachable target evicts nothing more and does not throw.
+      assert.deepEqual((await store.evict({ targetBytes: 0 })).evicted, [])
+      lease.release()
+    })
+
+    it('takes a lower quota at the next begin', async () => {
+      const store = await open(4 * PIECE)
+      const [a, b, c] = ['a', 'b', 'c'].map((s) => testBlob(PIECE, `quota-${s}`)) as TestBlob[]
+      for (const blob of [a, b, c] as TestBlob[]) {
+        clock.tick()
+        await putBlob(store, blob)
+      }
+      store.setQuota(2 * PIECE)
+      assert.equal(store.usage().quotaBytes, 2 * PIECE)
+      clock.tick()
+      await putBlob(store, testBlob(PIECE, 'quota-d'))
+      assert.equal(store.usage().usedBytes, 2 * PIECE)
+      assert.equal(await store.stat(a!.digest), undefined)
+      assert.equal(await store.stat(b!.digest), undefined)
+      assert.ok(await store.stat(c!.digest))
+    })
+
     it('throws STORE_FULL when nothing evictable makes room, and evicts nothing', async () => {
       const store = await open(2 * PIECE)
       const a = testBlob(PIECE, 'full-a')

@@ -232,6 +232,22 @@ describe('LevelBlobStore on disk', () => {
     assert.deepEqual(store.usage(), { usedBytes: a.size, quotaBytes: 64 * PIECE, blobs: 2, completeBlobs: 2 })
   })
 
+  it('keeps named pins across restarts; a record from before names reads as pinned by its digest', async () => {
+    const a = testBlob(PIECE, 'pins-a')
+    let store = await openStore()
+    await putBlob(store, a)
+    await store.setPinned(a.digest, true, { name: 'reg/app:v1' })
+    await store.setPinned(a.digest, true, { name: 'sha256:feed' })
+    await store.stop()
+    store = await openStore()
+    assert.deepEqual((await store.stat(a.digest))?.pins, ['reg/app:v1', 'sha256:feed'])
+    await store.setPinned(a.digest, false, { name: 'reg/app:v1' })
+    await store.stop()
+    store = await openStore()
+    assert.deepEqual((await store.stat(a.digest))?.pins, ['sha256:feed'])
+    assert.equal((await store.evict()).evicted.length, 0, 'a pinned blob is not evicted')
+  })
+
   it('evicts in the persisted LRU order after a restart', async () => {
     const [x, y, z] = ['x', 'y', 'z'].map((s) => testBlob(PIECE, `lru-restart-${s}`)) as [
       TestBlob,
