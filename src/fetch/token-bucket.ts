@@ -13,11 +13,12 @@ interface Waiter {
  * A token bucket in bytes: `take(n)` resolves once `n` bytes may go, at `rate` bytes per second
  * on average with bursts up to `burst` bytes. Takers are served in order, urgent ones first (a
  * large take does not starve behind small ones), and a take larger than the burst waits for the
- * deficit to refill, so the average rate holds for any size.
+ * deficit to refill, so the average rate holds for any size. Without a rate (`undefined`) every
+ * take goes at once; `setRate` changes the rate while takers wait (a configuration reload).
  */
 export class TokenBucket {
-  readonly rate: number
-  readonly burst: number
+  #rate: number | undefined
+  #burst: number
   #tokens: number
   #updated: number
   readonly #urgent: Waiter[] = []
@@ -25,14 +26,39 @@ export class TokenBucket {
   #timer: NodeJS.Timeout | undefined
   readonly #now: () => number
 
-  /** `rate` in bytes per second (> 0); `burst` in bytes (default: one second's worth). */
-  constructor(rate: number, burst = rate, now: () => number = () => performance.now()) {
-    if (!(rate > 0) || !(burst > 0)) throw new RangeError(`token bucket needs a positive rate and burst`)
-    this.rate = rate
-    this.burst = burst
-    this.#tokens = burst
+  /**
+   * `rate` in bytes per second (> 0), or undefined for no cap; `burst` in bytes (default: one
+   * second's worth).
+   */
+  constructor(rate: number | undefined, burst = rate, now: () => number = () => performance.now()) {
+    checkRate(rate, burst)
+    this.#rate = rate
+    this.#burst = burst ?? 0
+    this.#tokens = this.#burst
     this.#now = now
     this.#updated = now()
+  }
+
+  /** Bytes per second, or undefined when there is no cap. */
+  get rate(): number | undefined {
+    return this.#rate
+  }
+
+  get burst(): number {
+    return this.#burst
+  }
+
+  /**
+   * A new rate (undefined: no cap) and burst (default: one second's worth). Takers already
+   * waiting go at the new rate; the bucket starts full.
+   */
+  setRate(rate: number | undefined, burst = rate): void {
+    checkRate(rate, burst)
+    this.#rate = rate
+    this.#burst = burst ?? 0
+    this.#tokens = this.#burst
+    this.#updated = this.#now()
+    this.#serve()
   }
 
   /**
@@ -41,6 +67,7 @@ export class TokenBucket {
    */
   take(bytes: number, signal?: AbortSignal, options: { urgent?: boolean } = {}): Promise<void> {
     if (signal?.aborted) return Promise.reject(new AbortedError('rate-limited transfer aborted'))
+    if (this.#rate === undefined) return Promise.resolve()
     return new Promise<void>((resolve, reject) => {
       const queue = options.urgent ? this.#urgent : this.#normal
       const w: Waiter = {
@@ -68,12 +95,15 @@ export class TokenBucket {
     for (;;) {
       const next = this.#urgent[0] ?? this.#normal[0]
       if (next === undefined) return
-      this.#refill()
-      // A take larger than the burst goes once the bucket is full, and leaves it in debt.
-      const need = Math.min(next.bytes, this.burst)
-      if (this.#tokens < need) {
-        this.#timer = setTimeout(() => this.#serve(), ((need - this.#tokens) / this.rate) * 1000)
-        return
+      const rate = this.#rate
+      if (rate !== undefined) {
+        this.#refill(rate)
+        // A take larger than the burst goes once the bucket is full, and leaves it in debt.
+        const need = Math.min(next.bytes, this.#burst)
+        if (this.#tokens < need) {
+          this.#timer = setTimeout(() => this.#serve(), ((need - this.#tokens) / rate) * 1000)
+          return
+        }
       }
       this.#tokens -= next.bytes
       ;(this.#urgent[0] === next ? this.#urgent : this.#normal).shift()
@@ -82,9 +112,16 @@ export class TokenBucket {
     }
   }
 
-  #refill(): void {
+  #refill(rate: number): void {
     const now = this.#now()
-    this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#updated) / 1000) * this.rate)
+    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#updated) / 1000) * rate)
     this.#updated = now
+  }
+}
+
+function checkRate(rate: number | undefined, burst: number | undefined): void {
+  if (rate === undefined) return
+  if (!(rate > 0) || !(burst !== undefined && burst > 0)) {
+    throw new RangeError('token bucket needs a positive rate and burst')
   }
 }

@@ -76,4 +76,36 @@ describe('TokenBucket', () => {
     assert.ok(second)
     await assert.rejects(bucket.take(1, ac.signal), { code: 'ABORTED' })
   })
+
+  it('takes a new rate at once, waiters included; without a rate every take goes', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout', 'Date'] })
+    const bucket = new TokenBucket(1000, 1000, () => Date.now())
+    await bucket.take(1000)
+    let waited = false
+    void bucket.take(1000).then(() => {
+      waited = true
+    })
+    await flush()
+    assert.ok(!waited)
+    // Lifting the cap lets the waiter go without any time passing.
+    bucket.setRate(undefined)
+    await flush()
+    assert.ok(waited)
+    assert.equal(bucket.rate, undefined)
+    await bucket.take(10_000_000)
+    // A cap again: a burst of 100, then 100 bytes per second.
+    bucket.setRate(100)
+    await bucket.take(100)
+    let slow = false
+    void bucket.take(100).then(() => {
+      slow = true
+    })
+    t.mock.timers.tick(999)
+    await flush()
+    assert.ok(!slow)
+    t.mock.timers.tick(1)
+    await flush()
+    assert.ok(slow)
+    assert.throws(() => bucket.setRate(0), RangeError)
+  })
 })
