@@ -111,6 +111,13 @@ export const HyperlayerParentMismatchError = define(
   'HYPERLAYER_PARENT_MISMATCH',
   'HyperlayerParentMismatchError'
 )
+/**
+ * This node is draining (shutting down, or `shoal drain`): it opens no new piece sessions and
+ * answers new ones with a `reject` of this code, so peers take the blob elsewhere.
+ */
+export const PeerDrainingError = define('PEER_DRAINING', 'PeerDrainingError')
+/** An unpin names nothing that is pinned under that name. */
+export const NotPinnedError = define('NOT_PINNED', 'NotPinnedError')
 /** A simulation scenario file does not validate; the message names each bad field by its path. */
 export const ScenarioInvalidError = define('SCENARIO_INVALID', 'ScenarioInvalidError')
 /** `ip` or `tc` (iproute2) is not installed: the protocol-level simulator cannot build its network. */
