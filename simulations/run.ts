@@ -2,27 +2,29 @@
  * Runs a scenario file on the model simulator:
  *   npm run simulate -- simulations/scenarios/flash-crowd-32.json [--out simulations/results]
  * Prints the goal table of DESIGN.md section 9 and writes <out>/<name>.json (the figures, the
- * model's init and every node's completion time and upload) and <out>/<name>.svg (the
- * completion-time CDF normalised by T_min).
+ * model's init, every node's completion time and upload, and the timeline and message counts
+ * when the model records them) and one <out>/<name>-<plot>.svg per plot of src/sim/plots.ts.
  */
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { ScenarioInvalidError } from '../src/errors.ts'
+import { type PlotRun, writePlots } from '../src/sim/plots.ts'
 import { goalTable, reportSwarm } from '../src/sim/report.ts'
 import { loadScenario, type Scenario, scenarioToInit } from '../src/sim/scenario.ts'
-import { runSwarmModel } from '../src/sim/swarm-model.ts'
-import { cdfChartSvg } from '../test/bench/chart.ts'
+import { runSwarmModel, type SwarmResult } from '../src/sim/swarm-model.ts'
+import type { MessageCounts, SwarmTimeline } from '../src/sim/timeline.ts'
 
 /** Where a run's files went, and what it measured. */
 export interface SimulationOutput {
   jsonPath: string
-  svgPath: string
+  /** The plots, one SVG file each, completion-time CDF first. */
+  plotPaths: string[]
   result: Record<string, unknown>
 }
 
-/** Runs one scenario, writes its result JSON and CDF plot into `outDir`. */
+/** Runs one scenario, writes its result JSON and its plots into `outDir`. */
 export async function simulate(
   scenario: Scenario,
   outDir: string,
@@ -31,7 +33,7 @@ export async function simulate(
   const init = scenarioToInit(scenario)
   const started = performance.now()
   const step = Math.max(1, Math.ceil(init.nodes / 20))
-  const r = runSwarmModel({
+  const r: SwarmResult & { timeline?: SwarmTimeline; messages?: MessageCounts } = runSwarmModel({
     ...init,
     onNodeDone: (done, total, time) => {
       if (done % step !== 0 && done !== total) return
@@ -47,25 +49,24 @@ export async function simulate(
     registryEgress: r.registryEgress,
     flows: r.flows,
     completion: r.completion,
-    uploaded: r.uploaded
+    uploaded: r.uploaded,
+    ...(r.timeline && { timeline: r.timeline }),
+    ...(r.messages && { messages: r.messages })
   }
   await mkdir(outDir, { recursive: true })
   const jsonPath = join(outDir, `${scenario.name}.json`)
-  const svgPath = join(outDir, `${scenario.name}.svg`)
   await writeFile(jsonPath, `${JSON.stringify(result, null, 2)}\n`)
-  await writeFile(
-    svgPath,
-    cdfChartSvg({
-      title: `${scenario.name}: completion time CDF (N=${init.nodes}, T_min=${r.tMin.toFixed(1)} s)`,
-      unit: 'completion time / T_min',
-      series: [{ label: scenario.name, values: r.completion.map((t) => t / r.tMin) }],
-      markers: [
-        { label: 'T_min', value: 1 },
-        { label: 'p99 first bar (2.0)', value: 2 }
-      ]
-    })
-  )
-  return { jsonPath, svgPath, result }
+  const run: PlotRun = {
+    label: 'model',
+    completion: r.completion,
+    uploaded: r.uploaded,
+    tMin: r.tMin,
+    imageBytes: init.imageBytes,
+    timeline: r.timeline,
+    messages: r.messages
+  }
+  const plotPaths = await writePlots(outDir, scenario.name, [run], { title: scenario.name })
+  return { jsonPath, plotPaths, result }
 }
 
 async function main(): Promise<void> {
@@ -85,7 +86,7 @@ async function main(): Promise<void> {
     const out = await simulate(scenario, values.out, (line) => process.stderr.write(`  ${line}\n`))
     const report = out.result['report'] as Parameters<typeof goalTable>[0]
     process.stdout.write(`\n## ${scenario.name}\n\n${goalTable(report)}\n\n`)
-    process.stdout.write(`wrote ${out.jsonPath} and ${out.svgPath}\n`)
+    process.stdout.write(`wrote ${[out.jsonPath, ...out.plotPaths].join('\n      ')}\n`)
   }
 }
 

@@ -77,7 +77,7 @@ describe('scenario files', () => {
 })
 
 describe('simulate', () => {
-  it('runs a small scenario and writes a result with the goal figures and a CDF plot', async () => {
+  it('runs a small scenario and writes a result with the goal figures and its plots', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'shoal-sim-'))
     try {
       const s = parseScenario({
@@ -101,9 +101,11 @@ describe('simulate', () => {
       assert.ok(r.completionOverTMin.max >= r.completionOverTMin.p99)
       assert.ok(r.uploadMaxOverMean >= 1)
       assert.ok(r.uploadJain > 0 && r.uploadJain <= 1)
-      const svg = await readFile(out.svgPath, 'utf8')
+      assert.equal(out.plotPaths[0], join(dir, 'small-completion-cdf.svg'))
+      assert.ok(out.plotPaths.includes(join(dir, 'small-upload.svg')))
+      const svg = await readFile(out.plotPaths[0]!, 'utf8')
       assert.match(svg, /^<svg /)
-      assert.match(svg, /T_min/)
+      assert.match(svg, /small: completion time CDF, normalised by T_min/)
     } finally {
       await rm(dir, { recursive: true, force: true })
     }
