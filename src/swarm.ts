@@ -5,7 +5,7 @@ import type { Logger } from 'pino'
 import type { ShoalMetrics } from './api/metrics.ts'
 import { ConfigInvalidError } from './errors.ts'
 import { TokenBucket } from './fetch/token-bucket.ts'
-import type { Startable } from './interface/common.ts'
+import type { AbortOptions, Startable } from './interface/common.ts'
 import type { AnnounceOptions, BlobPeers, JoinOptions, PeerSource } from './interface/peers.ts'
 import type { BlobStore } from './interface/store.ts'
 import { DhtContentRouting } from './p2p/content-routing.ts'
@@ -33,6 +33,9 @@ export interface SwarmInit {
   mdns?: boolean | undefined
 }
 
+/** Connected peers listed by `describe()`. */
+const STATUS_PEERS = 8
+
 /**
  * The agent's swarm side, wired in one place: the libp2p node (swarm key, private DHT), the
  * piece protocol serving what the store holds, and the fetcher's `PeerSource`. The fetcher is
@@ -50,6 +53,9 @@ export class Swarm implements Startable {
   #peersGauge: NodeJS.Timeout | undefined
   /** Peers banned for bad or forged pieces; kept across restarts of the node. */
   readonly #bans = new PeerBans()
+  /** Paces uploads to peers; its rate changes on a reload (`swarm.uploadRate`). */
+  readonly upload: TokenBucket
+  #draining = false
 
   readonly peers: PeerSource = {
     join: (digest: string, options?: JoinOptions): BlobPeers | undefined =>
@@ -63,6 +69,35 @@ export class Swarm implements Startable {
     this.#metrics = components.metrics
     this.#log = components.logger
     this.#init = init
+    this.upload = new TokenBucket(init.uploadRate)
+  }
+
+  /** True when nothing but the bootstrap list could find peers and it is empty: a first node. */
+  get standalone(): boolean {
+    const i = this.#init
+    return i.bootstrap.length === 0 && i.dnsDiscovery === undefined && i.mdns !== true
+  }
+
+  /** Peers in the DHT's routing table (0 before start). */
+  routingTableSize(): number {
+    return this.#node?.routingTableSize() ?? 0
+  }
+
+  /** True once `drain` was called. */
+  get draining(): boolean {
+    return this.#draining
+  }
+
+  /**
+   * Stops advertising (every provider record withdrawn, none made from now on), refuses new
+   * piece sessions with `PEER_DRAINING`, and waits for the uploads in flight to end, or for
+   * `signal`. Fetches this node makes go on.
+   */
+  async drain(options: AbortOptions = {}): Promise<{ withdrawn: number; uploadsLeft: number }> {
+    this.#draining = true
+    const withdrawn = (await this.#source?.drain()) ?? 0
+    const uploadsLeft = (await this.#exchange?.drain(options)) ?? 0
+    return { withdrawn, uploadsLeft }
   }
 
   async start(): Promise<void> {
@@ -101,10 +136,7 @@ export class Swarm implements Startable {
     const metrics = this.#metrics
     const exchange = new PieceExchange(
       { node, store: this.#store, logger: this.#log, bans: this.#bans, ...(metrics && { metrics }) },
-      {
-        uploadSlots: this.#init.uploadSlots,
-        ...(this.#init.uploadRate !== undefined && { upload: new TokenBucket(this.#init.uploadRate) })
-      }
+      { uploadSlots: this.#init.uploadSlots, upload: this.upload }
     )
     await exchange.start()
     this.#node = node
@@ -150,16 +182,22 @@ export class Swarm implements Startable {
     await node.stop()
   }
 
-  /** Peer id, addresses and peers, for `shoal status`. */
+  /** Peer id, addresses, peers, the DHT and the uploads in flight, for `shoal status`. */
   describe(): Record<string, unknown> {
     const node = this.#node
     if (!node) return { started: false }
+    const connections = node.connections()
     return {
       peerId: node.peerId,
       addresses: node.addresses(),
       peers: node.peers().length,
+      // A few, for a glance: the count above is the whole story.
+      peerList: connections.slice(0, STATUS_PEERS),
+      routingTable: node.routingTableSize(),
       announced: this.#source?.announced ?? 0,
       banned: this.#bans.active,
+      draining: this.#draining,
+      uploads: this.#exchange?.uploads() ?? [],
       served: this.#exchange?.stats
     }
   }

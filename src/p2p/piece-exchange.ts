@@ -31,7 +31,7 @@ import type { BlobStore } from '../interface/store.ts'
 import type { PeerBans } from './peer-bans.ts'
 import { ClientSession, type ClientStats } from './piece-client.ts'
 import { ServedSession, type ServerStats } from './piece-server.ts'
-import { Deadline, errorMessage, refuseBusy } from './stream-frames.ts'
+import { Deadline, errorMessage, refuseBusy, refuseDraining } from './stream-frames.ts'
 import type { SwarmNode } from './swarm-node.ts'
 import { DEFAULT_PROTOCOL_PREFIX } from './swarm-node.ts'
 import { MAX_EXCHANGED_PEERS, MAX_PEER_ADDRESSES, type WirePeer } from './wire.ts'
@@ -104,6 +104,15 @@ export interface OpenSessionOptions extends AbortOptions {
 /** Counters of a `PieceExchange` (for metrics and tests). */
 export interface PieceExchangeStats extends ServerStats, ClientStats {}
 
+/** One session this node is serving a peer (for `shoal status`). */
+export interface UploadStatus {
+  peerId: string
+  /** The blob asked for ('' before the peer's hello). */
+  digest: string
+  piecesServed: number
+  bytesServed: number
+}
+
 /** A peer to open a session with: its id and multiaddrs (with or without `/p2p/<id>`). */
 export interface SessionPeer {
   peerId: string
@@ -145,8 +154,11 @@ export class PieceExchange implements Startable {
   readonly #interest = new Set<(peerId: string, digest: string) => void>()
   /** Peers that recently asked for a blob this node had not joined: they are fetching it. */
   readonly #askers = new Map<string, Map<string, number>>()
+  /** Waiting for the last served session to end (see `drain`). */
+  readonly #idle = new Set<() => void>()
   #offBan: (() => void) | undefined
   #started = false
+  #draining = false
 
   constructor(components: PieceExchangeComponents, init: PieceExchangeInit = {}) {
     this.#node = components.node
@@ -169,6 +181,44 @@ export class PieceExchange implements Startable {
   /** Outbound sessions open now. */
   get activeSessions(): number {
     return this.#outbound.size
+  }
+
+  /** True once `drain` was called: new inbound sessions hear `PEER_DRAINING`. */
+  get draining(): boolean {
+    return this.#draining
+  }
+
+  /** The sessions being served now. */
+  uploads(): UploadStatus[] {
+    return [...this.#served].map((s) => ({
+      peerId: s.peerId,
+      digest: s.digest,
+      piecesServed: s.piecesServed,
+      bytesServed: s.bytesServed
+    }))
+  }
+
+  /**
+   * Refuses every new inbound session from now on (`reject PEER_DRAINING`, so peers go
+   * elsewhere), then waits for the sessions being served to end by themselves, or for `signal`.
+   * Resolves with the number of sessions still open (0 when all ended). Sessions this node
+   * opens to fetch are not affected.
+   */
+  async drain(options: AbortOptions = {}): Promise<number> {
+    this.#draining = true
+    const { signal } = options
+    if (this.#served.size > 0 && signal?.aborted !== true) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.#idle.delete(done)
+          signal?.removeEventListener('abort', done)
+          resolve()
+        }
+        this.#idle.add(done)
+        signal?.addEventListener('abort', done, { once: true })
+      })
+    }
+    return this.#served.size
   }
 
   /** Registers the protocol handler on the swarm node (which must be started). Idempotent. */
@@ -361,6 +411,11 @@ export class PieceExchange implements Startable {
       stream.abort(new UpstreamUnavailableError(`peer ${peerId} is banned`))
       return
     }
+    if (this.#draining && this.#started) {
+      this.#log.debug({ peer: peerId }, 'draining: refusing a new session')
+      refuseDraining(stream)
+      return
+    }
     if (!this.#started || this.#served.size >= this.#uploadSlots) {
       this.#log.debug({ slots: this.#uploadSlots }, 'no upload slot: answering busy')
       refuseBusy(
@@ -385,7 +440,10 @@ export class PieceExchange implements Startable {
       swarmPeers: (digest, asker) => this.#swarmPeers(digest, asker),
       onServing: (digest) => this.#peersChanged(digest),
       upload: this.#init.upload,
-      onClosed: (s) => this.#served.delete(s),
+      onClosed: (s) => {
+        this.#served.delete(s)
+        if (this.#served.size === 0) for (const done of [...this.#idle]) done()
+      },
       onServed: (n, partial) => {
         this.#metrics?.bytesServed.inc({ interface: 'peer' }, n)
         if (partial) this.#metrics?.partialPiecesServed.inc()

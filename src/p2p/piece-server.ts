@@ -72,6 +72,9 @@ export interface ServedSessionInit {
 /** One inbound stream being served. See the module comment. */
 export class ServedSession {
   readonly peerId: string
+  /** Pieces and bytes sent on this session. */
+  piecesServed = 0
+  bytesServed = 0
   readonly #stream: Stream
   readonly #init: ServedSessionInit
   readonly #decoder = new FrameDecoder()
@@ -384,6 +387,8 @@ export class ServedSession {
     const stats = this.#init.stats
     stats.piecesServed++
     stats.bytesServed += data.length
+    this.piecesServed++
+    this.bytesServed += data.length
     if (partial) stats.partialPiecesServed++
     this.#init.onServed(data.length, partial)
     if (!more) await waitForDrain(this.#stream, signal)

@@ -8,6 +8,7 @@ import { second } from '../constants.ts'
 import {
   AbortedError,
   BlobUnknownError,
+  PeerDrainingError,
   RangeNotSatisfiableError,
   type ShoalError,
   UpstreamTimeoutError,
@@ -67,6 +68,20 @@ export function refuseBusy(stream: Stream, retryAfterMs: number): void {
   closeWithLinger(stream)
 }
 
+/**
+ * Sends `reject {PEER_DRAINING}` before any hello and closes the stream: this node is leaving,
+ * the client should take the blob elsewhere (a `busy` would have it come back).
+ */
+export function refuseDraining(stream: Stream): void {
+  try {
+    sendFrame(stream, { type: 'reject', index: 0, code: PeerDrainingError.code })
+  } catch (err) {
+    stream.abort(toError(err))
+    return
+  }
+  closeWithLinger(stream)
+}
+
 /** The error a `reject {code}` stands for. */
 export function rejectError(code: string, message: string): ShoalError {
   switch (code) {
@@ -74,6 +89,8 @@ export function rejectError(code: string, message: string): ShoalError {
       return new BlobUnknownError(message)
     case RangeNotSatisfiableError.code:
       return new RangeNotSatisfiableError(message)
+    case PeerDrainingError.code:
+      return new PeerDrainingError(`${message}: the peer is draining`)
     default:
       return new UpstreamUnavailableError(`${message} (${code})`)
   }

@@ -310,6 +310,24 @@ export class SwarmNode implements Startable {
     return undefined
   }
 
+  /** Connected peers with the address of each open connection (for `shoal status`). */
+  connections(): { peerId: string; address: string }[] {
+    return (this.#libp2p?.getConnections() ?? []).map((c) => ({
+      peerId: c.remotePeer.toString(),
+      address: c.remoteAddr.toString()
+    }))
+  }
+
+  /**
+   * Peers in the DHT's routing table: 0 means this node can neither find providers nor be
+   * found (readiness waits for one). 0 before `start()`.
+   */
+  routingTableSize(): number {
+    // kad-dht's routing table is not on its public interface; the service object carries it.
+    const dht = this.#libp2p?.services.dht as { routingTable?: { size?: number } } | undefined
+    return dht?.routingTable?.size ?? 0
+  }
+
   /** Peer ids this node holds an open connection to. */
   peers(): string[] {
     return this.#libp2p?.getPeers().map((id) => id.toString()) ?? []

@@ -12,7 +12,7 @@
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { rendezvousDigest } from '../content/access.ts'
-import { BlobUnknownError } from '../errors.ts'
+import { BlobUnknownError, PeerDrainingError } from '../errors.ts'
 import type { AbortOptions } from '../interface/common.ts'
 import type {
   AnnounceOptions,
@@ -63,6 +63,8 @@ const DEFAULT_FIND_SCHEDULE_MS = [100, 200, 300, 400, 600, 800, 1200, 1600, 2400
 const RETRY_PEER_MS = 1000
 // A peer that answered BLOB_UNKNOWN is asked again no sooner than this.
 const RETRY_UNKNOWN_MS = 250
+// A peer that answered PEER_DRAINING is leaving: asked again no sooner than this.
+const RETRY_DRAINING_MS = 60_000
 // After the first session of the first round, how long the other attempts may take to count.
 const ROUND_GRACE_MS = 500
 // A session cut under us is opened again after this.
@@ -89,6 +91,8 @@ export class SwarmPeerSource implements PeerSource {
   readonly #announced = new Set<string>()
   /** The DHT keys each blob is provided under. */
   readonly #keysOf = new Map<string, Set<string>>()
+  /** Once draining, nothing is provided any more (see `drain`). */
+  #draining = false
 
   constructor(components: SwarmPeerSourceComponents, init: SwarmPeerSourceInit = {}) {
     this.#c = components
@@ -134,6 +138,7 @@ export class SwarmPeerSource implements PeerSource {
   }
 
   #provide(digest: string, routingKey: string): void {
+    if (this.#draining) return
     let keys = this.#keysOf.get(digest)
     if (keys === undefined) {
       keys = new Set()
@@ -158,15 +163,35 @@ export class SwarmPeerSource implements PeerSource {
   }
 
   withdraw(digest: string): void {
-    const keys = this.#keysOf.get(digest)
-    this.#keysOf.delete(digest)
-    for (const key of keys ?? []) {
-      if (!this.#announced.delete(key)) continue
-      this.#c.routing.stopProviding(key).catch(() => undefined)
-    }
+    void this.#withdraw(digest)
   }
 
-  /** Blobs announced so far. */
+  /** Removes a blob's provider records; resolves once they are gone (failures are dropped). */
+  #withdraw(digest: string): Promise<unknown> {
+    const keys = this.#keysOf.get(digest)
+    this.#keysOf.delete(digest)
+    const removals: Promise<void>[] = []
+    for (const key of keys ?? []) {
+      if (!this.#announced.delete(key)) continue
+      removals.push(this.#c.routing.stopProviding(key).catch(() => undefined))
+    }
+    return Promise.all(removals)
+  }
+
+  /**
+   * Stops advertising: withdraws every provider record this node holds and provides nothing
+   * from now on (blobs joined or completed later included). Records other peers hold expire
+   * on their own; peers that still come hear `PEER_DRAINING` from the exchange. Resolves with
+   * the number of blobs withdrawn.
+   */
+  async drain(): Promise<number> {
+    this.#draining = true
+    const digests = [...this.#keysOf.keys()]
+    await Promise.all(digests.map((d) => this.#withdraw(d)))
+    return digests.length
+  }
+
+  /** DHT keys announced now (a blob's digest, or the rendezvous keys of a private blob). */
   get announced(): number {
     return this.#announced.size
   }
@@ -407,7 +432,9 @@ class BlobSwarm implements BlobPeers {
     } catch (err) {
       // A peer that has not started on the blob yet may any moment (a crowd): ask it again soon.
       const unknown = err instanceof BlobUnknownError
-      this.#retryAt.set(id, Date.now() + (unknown ? RETRY_UNKNOWN_MS : RETRY_PEER_MS))
+      const leaving = err instanceof PeerDrainingError
+      const wait = unknown ? RETRY_UNKNOWN_MS : leaving ? RETRY_DRAINING_MS : RETRY_PEER_MS
+      this.#retryAt.set(id, Date.now() + wait)
       if (unknown) {
         this.#log.debug({ digest: this.#digest, peer: id }, 'peer does not have the blob (yet)')
       } else {
