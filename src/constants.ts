@@ -30,6 +30,11 @@ export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 3 * second
 export const DEFAULT_UPSTREAM_BODY_TIMEOUT = 15 * second
 /** Retries of one upstream request (5xx, 429, resets), with exponential backoff and jitter. */
 export const DEFAULT_UPSTREAM_RETRIES = 3
+/**
+ * How long a stopping agent lets uploads to peers finish (`shutdown.drainTimeout`): below
+ * Kubernetes' default grace period of 30 s, leaving time to close everything after.
+ */
+export const DEFAULT_DRAIN_TIMEOUT = 20 * second
 /** Default localhost registry mirror address. */
 export const DEFAULT_MIRROR_LISTEN = '127.0.0.1:5050'
 
@@ -44,3 +49,5 @@ export const DEFAULT_LVM_VOLUME_SIZE = '10G'
 export const DEFAULT_CLAIM_TTL_MS = 15_000
 /** Without progress for this long, a transfer may take any piece from the registry. */
 export const DEFAULT_SWARM_PATIENCE_MS = 30_000
+/** Members of a blob's swarm that take its pieces from the registry (see `assignRegistryPieces`). */
+export const DEFAULT_REGISTRY_FETCHERS = 4

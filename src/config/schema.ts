@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import {
+  DEFAULT_DRAIN_TIMEOUT,
   DEFAULT_LVM_POOL,
   DEFAULT_LVM_POOL_SIZE,
   DEFAULT_LVM_VOLUME_SIZE,
@@ -215,6 +216,15 @@ export const configSchema = z.strictObject({
   log: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+    })
+    .prefault({}),
+  shutdown: z
+    .strictObject({
+      /**
+       * On SIGTERM or SIGINT, how long uploads to peers may run to their end after the agent
+       * stopped advertising and refusing new ones; the agent then stops whatever is left.
+       */
+      drainTimeout: duration().default(DEFAULT_DRAIN_TIMEOUT)
     })
     .prefault({})
 })

@@ -34,6 +34,9 @@ export interface StaticUpstreamResolverInit {
 
 type ClosableUpstream = Upstream & { close(): Promise<void> }
 
+// An upstream replaced by a reload may still serve transfers begun with it: closed this much later.
+const RETIRED_CLOSE_MS = 10 * 60 * 1000
+
 /**
  * Maps a registry host to its upstream from the configuration: a configured entry wins, Docker
  * Hub's aliases share `registry-1.docker.io`, and any other host is reached at `https://<host>`
@@ -41,15 +44,47 @@ type ClosableUpstream = Upstream & { close(): Promise<void> }
  */
 export class StaticUpstreamResolver implements UpstreamResolver {
   readonly #components: StaticUpstreamResolverComponents
-  readonly #init: StaticUpstreamResolverInit
+  #init: StaticUpstreamResolverInit
   /** Configured entries by lower-cased host: hosts are case-insensitive. */
-  readonly #entries: Map<string, UpstreamEntry>
+  #entries: Map<string, UpstreamEntry>
   readonly #cache = new Map<string, ClosableUpstream>()
+  /** Upstreams a reload replaced, with the timers that close them. */
+  readonly #retired = new Map<ClosableUpstream, NodeJS.Timeout>()
 
   constructor(components: StaticUpstreamResolverComponents, init: StaticUpstreamResolverInit) {
     this.#components = components
     this.#init = init
-    this.#entries = new Map(Object.entries(init.registries).map(([h, e]) => [h.toLowerCase(), e]))
+    this.#entries = entriesOf(init)
+  }
+
+  /**
+   * Takes new registries, credentials and timeouts (a reload). Hosts whose entry changed get a
+   * new upstream at their next request; the old one keeps serving what already uses it and is
+   * closed a while later. Returns the hosts replaced.
+   */
+  reconfigure(init: StaticUpstreamResolverInit): string[] {
+    const timeoutsChanged =
+      init.connectTimeoutMs !== this.#init.connectTimeoutMs ||
+      init.responseTimeoutMs !== this.#init.responseTimeoutMs ||
+      init.bodyTimeoutMs !== this.#init.bodyTimeoutMs ||
+      init.retries !== this.#init.retries
+    const entries = entriesOf(init)
+    const replaced: string[] = []
+    for (const [key, upstream] of this.#cache) {
+      const same = JSON.stringify(this.#entries.get(key)) === JSON.stringify(entries.get(key))
+      if (same && !timeoutsChanged) continue
+      this.#cache.delete(key)
+      replaced.push(key)
+      const timer = setTimeout(() => {
+        this.#retired.delete(upstream)
+        void upstream.close().catch(() => undefined)
+      }, RETIRED_CLOSE_MS)
+      timer.unref()
+      this.#retired.set(upstream, timer)
+    }
+    this.#init = init
+    this.#entries = entries
+    return replaced
   }
 
   resolve(registry: string): Upstream {
@@ -66,7 +101,9 @@ export class StaticUpstreamResolver implements UpstreamResolver {
 
   /** Closes every upstream created so far. */
   async close(): Promise<void> {
-    const all = [...this.#cache.values()]
+    const all = [...this.#cache.values(), ...this.#retired.keys()]
+    for (const timer of this.#retired.values()) clearTimeout(timer)
+    this.#retired.clear()
     this.#cache.clear()
     await Promise.allSettled(all.map((u) => u.close()))
   }
@@ -92,4 +129,8 @@ export class StaticUpstreamResolver implements UpstreamResolver {
       }
     )
   }
+}
+
+function entriesOf(init: StaticUpstreamResolverInit): Map<string, UpstreamEntry> {
+  return new Map(Object.entries(init.registries).map(([h, e]) => [h.toLowerCase(), e]))
 }

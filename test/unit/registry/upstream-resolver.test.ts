@@ -48,4 +48,35 @@ describe('StaticUpstreamResolver', () => {
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   })
+
+  it('a reload replaces the upstreams whose entry or timeouts changed, and only those', async () => {
+    const r = new StaticUpstreamResolver(
+      { logger },
+      {
+        registries: { 'a.example': { url: 'https://a.example' }, 'b.example': { layout: '/b' } },
+        ...timeouts
+      }
+    )
+    const a = r.resolve('a.example')
+    const b = r.resolve('b.example')
+    assert.equal(a.credentialed, false)
+    const replaced = r.reconfigure({
+      registries: {
+        'a.example': { url: 'https://a.example', username: 'robot', password: 'pw' },
+        'b.example': { layout: '/b' }
+      },
+      ...timeouts
+    })
+    assert.deepEqual(replaced, ['a.example'])
+    assert.notEqual(r.resolve('a.example'), a)
+    assert.equal(r.resolve('a.example').credentialed, true)
+    assert.equal(r.resolve('b.example'), b)
+    // New timeouts reach every upstream.
+    assert.deepEqual(r.reconfigure({ registries: {}, ...timeouts, retries: 2 }).sort(), [
+      'a.example',
+      'b.example'
+    ])
+    assert.equal(r.resolve('b.example').kind, 'registry')
+    await r.close()
+  })
 })
