@@ -36,9 +36,15 @@ const CONFIG: NonNullable<TopLevelSpec['config']> = {
   header: { titleFontSize: 12, labelFontSize: 12 }
 }
 
-/** The SVG of `spec`; the spec's own `config` wins over the shared look. */
+/** The SVG of `spec`; the spec's own `config` wins over the shared look, key by key. */
 export async function renderVegaLite(spec: TopLevelSpec): Promise<string> {
-  const config = { ...CONFIG, ...spec.config }
+  const config: Record<string, unknown> = { ...CONFIG }
+  for (const [key, value] of Object.entries(spec.config ?? {})) {
+    const shared = config[key]
+    const isObject = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v)
+    config[key] =
+      isObject(shared) && isObject(value) ? { ...(shared as object), ...(value as object) } : value
+  }
   const view = new vega.View(vega.parse(compile({ ...spec, config } as TopLevelSpec).spec), {
     renderer: 'none'
   })

@@ -163,7 +163,7 @@ async function main(): Promise<void> {
     await writeFile(new URL('materialize.json', dir), `${toJson(summary)}\n`)
     await writeFile(
       new URL('materialize.svg', dir),
-      barChartSvg({
+      await barChartSvg({
         title: `Materialize (median of ${ROUNDS}; LVM figures under User-Mode Linux)`,
         unit: 's',
         groups: [

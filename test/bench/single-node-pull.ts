@@ -132,7 +132,7 @@ async function main(): Promise<void> {
   await writeFile(new URL('single-node-pull.json', dir), `${JSON.stringify(summary, null, 2)}\n`)
   await writeFile(
     new URL('single-node-pull.svg', dir),
-    barChartSvg({
+    await barChartSvg({
       title: `Cold containerd pull of ${IMAGE} (median of ${ROUNDS}), lower is better`,
       unit: 'ms',
       groups: Object.entries(settings).map(([name, s]) => ({

@@ -28,12 +28,13 @@ import { MiB } from '../../src/constants.ts'
 import { pieceCount } from '../../src/content/pieces.ts'
 import { PieceExchange } from '../../src/p2p/piece-exchange.ts'
 import { generateSwarmKey } from '../../src/p2p/swarm-key.ts'
+import { renderRunPlots } from '../../src/sim/plots.ts'
 import { LevelBlobStore } from '../../src/store/level-blob-store.ts'
 import { buildTestImages, pushTestImages } from '../harness/images.ts'
 import { startRegistry } from '../harness/registry.ts'
 import { startThrottleProxy, type ThrottleProxy } from '../harness/throttle-proxy.ts'
 import { loopbackSwarmNode, pull, quantile, RAW_PROTOCOL, startAgents, stopAgents } from './bench-agents.ts'
-import { barChartSvg, cdfChartSvg } from './chart.ts'
+import { barChartSvg } from './chart.ts'
 
 const NODES = Number(process.env.NODES ?? 10)
 const IMAGE = process.env.IMAGE ?? 'random'
@@ -290,21 +291,17 @@ async function main(): Promise<void> {
     goals
   }
   await writeFile(new URL('swarm-crowd.json', out), `${JSON.stringify(summary, null, 2)}\n`)
-  await writeFile(
-    new URL('swarm-crowd.svg', out),
-    cdfChartSvg({
-      title: `${NODES} agents pull ${IMAGE} at once: share of nodes done over time`,
-      unit: 'seconds',
-      series: [
-        { label: 'swarm', values: swarm.times },
-        { label: 'registry only', values: baseline.times }
-      ],
-      markers: [{ label: 'T_min', value: tMin }]
-    })
+  const [cdf] = await renderRunPlots(
+    [
+      { label: 'swarm', completion: swarm.times, tMin, imageBytes: size },
+      { label: 'registry only', completion: baseline.times, tMin, imageBytes: size }
+    ],
+    { title: `${NODES} agents pull ${IMAGE} at once`, only: ['completion-cdf'] }
   )
+  await writeFile(new URL('swarm-crowd.svg', out), cdf!.svg)
   await writeFile(
     new URL('swarm-crowd-egress.svg', out),
-    barChartSvg({
+    await barChartSvg({
       title: `Registry egress, ${NODES} agents (multiples of the image)`,
       unit: 'x',
       groups: [

@@ -84,7 +84,7 @@ async function main(): Promise<void> {
   await writeFile(new URL('swarm-pull.json', out), `${JSON.stringify(summary, null, 2)}\n`)
   await writeFile(
     new URL('swarm-pull.svg', out),
-    barChartSvg({
+    await barChartSvg({
       title: `Registry egress when ${NODES} agents pull ${IMAGE} (multiples of the image; 1.0 is ideal)`,
       unit: 'x',
       groups: Object.entries(results).map(([name, r]) => ({
