@@ -42,6 +42,8 @@ export interface PullOptions extends AbortOptions {
 
 export interface PullResult {
   manifestDigest: string
+  /** The index the reference named, when it named one (the manifest is this platform's). */
+  indexDigest?: string
   config: Descriptor
   layers: Descriptor[]
   bytes: Partial<Record<ByteOrigin, number>>
@@ -85,7 +87,9 @@ export class ImagePuller {
     })
     let parsed = this.#c.manifests.parse(m.bytes, m.mediaType, at)
     let platform: string | undefined
+    let indexDigest: string | undefined
     if (parsed.kind === 'index') {
+      indexDigest = m.digest
       const p = options.platform ?? this.#platform
       const chosen = selectManifest(parsed, p)
       platform = [p.os, p.architecture, p.variant].filter(Boolean).join('/')
@@ -138,7 +142,13 @@ export class ImagePuller {
     const totalBytes = Object.values(totals).reduce((a, b) => a + (b ?? 0), 0)
     this.#log.info({ reference, manifest: m.digest, bytes: totals, durationMs }, 'pulled')
     emit({ type: 'done', reference, manifestDigest: m.digest, bytes: totals, totalBytes, durationMs })
-    return { manifestDigest: m.digest, config: parsed.config, layers: parsed.layers, bytes: totals }
+    return {
+      manifestDigest: m.digest,
+      ...(indexDigest !== undefined && { indexDigest }),
+      config: parsed.config,
+      layers: parsed.layers,
+      bytes: totals
+    }
   }
 }
 
