@@ -257,7 +257,7 @@ function pieceDiversity(runs: readonly PlotRun[], context?: string): Spec | unde
   }
 }
 
-/** Messages each node sent, a box plot per kind (DHT, control) with its own scale. */
+/** Messages each node sent, a box plot and a tick per node for each kind (DHT, control), each kind on its own scale. */
 function messages(runs: readonly PlotRun[], context?: string): Spec | undefined {
   const withMessages = runs.filter((r) => r.messages && r.messages.dht.length + r.messages.control.length > 0)
   if (withMessages.length === 0) return undefined
@@ -280,7 +280,6 @@ function messages(runs: readonly PlotRun[], context?: string): Spec | undefined 
     spec: {
       width: WIDTH / 2 - 20,
       height: HEIGHT,
-      mark: { type: 'boxplot', extent: 'min-max' },
       encoding: {
         x: {
           field: 'series',
@@ -289,9 +288,21 @@ function messages(runs: readonly PlotRun[], context?: string): Spec | undefined 
           sort: withMessages.map((r) => r.label),
           axis: { labelAngle: 0 }
         },
-        y: { field: 'count', type: 'quantitative', title: 'messages per node', axis: COUNT_AXIS },
+        y: {
+          field: 'count',
+          type: 'quantitative',
+          title: 'messages per node',
+          scale: { zero: false },
+          axis: COUNT_AXIS
+        },
         color: series(withMessages)
-      }
+      },
+      // The ticks, one per node, keep a kind visible when every node sent the same number
+      // (the box is then flat).
+      layer: [
+        { mark: { type: 'boxplot', extent: 'min-max', size: 36, opacity: 0.7 } },
+        { mark: { type: 'tick', thickness: 1, size: 48, color: '#222', opacity: 0.5 } }
+      ]
     },
     resolve: { scale: { y: 'independent' } }
   }

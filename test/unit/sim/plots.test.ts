@@ -209,12 +209,17 @@ describe('renderRunPlots', () => {
     assert.deepEqual(texts(svg, 'role-axis-title').sort(), ['nodes', 'uploaded (MiB)'])
   })
 
-  it('draws one box per message kind and series', () => {
-    const one_ = get(one, 'messages')
-    assert.equal(marks(one_, 'mark-rect role-mark child_layer_2_marks').length, 2)
-    assert.match(texts(one_, 'role-title-subtitle')[0]!, /mean per node: 7\.0 DHT, 120\.0 control/)
+  it('draws one box per message kind and series, and a tick per node', () => {
+    const described = (svg: El, what: string) =>
+      all(svg, (e) => e.attrs['aria-roledescription'] === what && e.name === 'path').length
+    const single = get(one, 'messages')
+    assert.equal(described(single, 'box'), 2)
+    assert.equal(described(single, 'tick'), 2 * 5)
+    assert.match(texts(single, 'role-title-subtitle')[0]!, /mean per node: 7\.0 DHT, 120\.0 control/)
+    assert.deepEqual(texts(single, 'column_header').sort(), ['DHT', 'control'])
     const pair = get(two, 'messages')
-    assert.equal(marks(pair, 'mark-rect role-mark child_layer_2_marks').length, 4)
+    assert.equal(described(pair, 'box'), 4)
+    assert.equal(described(pair, 'tick'), 2 * (5 + 7))
     assert.deepEqual(texts(pair, 'role-legend-label'), ['model', 'protocol'])
   })
 
