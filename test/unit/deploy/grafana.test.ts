@@ -47,7 +47,7 @@ async function exposedSeries(): Promise<Set<string>> {
   const out = new Set<string>()
   for (const m of await new ShoalMetrics().registry.getMetricsAsJSON()) {
     out.add(m.name)
-    if ((m.type as string) === 'histogram') for (const s of ['_bucket', '_sum', '_count']) out.add(m.name + s)
+    if (String(m.type) === 'histogram') for (const s of ['_bucket', '_sum', '_count']) out.add(m.name + s)
   }
   return out
 }
