@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry skopeo umoci containerd runc busybox-static podman crun fuse-overlayfs uidmap openssl attr zstd user-mode-linux lvm2 thin-provisioning-tools e2fsprogs kmod xfsprogs)
+APT_PACKAGES=(docker-registry skopeo umoci containerd runc busybox-static podman crun fuse-overlayfs uidmap openssl attr zstd user-mode-linux lvm2 thin-provisioning-tools e2fsprogs kmod xfsprogs systemd nginx)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
