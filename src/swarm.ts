@@ -83,6 +83,11 @@ export class Swarm implements Startable {
     return this.#node?.routingTableSize() ?? 0
   }
 
+  /** Piece-protocol sessions served now. */
+  get activeUploads(): number {
+    return this.#exchange?.activeUploads ?? 0
+  }
+
   /** True once `drain` was called. */
   get draining(): boolean {
     return this.#draining

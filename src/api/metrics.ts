@@ -119,16 +119,60 @@ export class ShoalMetrics {
     registers: [this.registry]
   })
 
+  /** 1 while `/readyz` answers ready: store open, DHT usable, not draining. */
+  readonly ready = new Gauge({
+    name: 'shoal_ready',
+    help: 'Whether the agent is ready (store open, DHT usable, not draining)',
+    registers: [this.registry]
+  })
+
+  /** 1 once the agent is draining: it sends peers elsewhere and advertises nothing. */
+  readonly draining = new Gauge({
+    name: 'shoal_draining',
+    help: 'Whether the agent is draining (stopping, or shoal drain)',
+    registers: [this.registry]
+  })
+
+  /** Piece-protocol sessions this node serves now: what a drain waits for. */
+  readonly uploadSessions = new Gauge({
+    name: 'shoal_upload_sessions',
+    help: 'Piece-protocol sessions served to peers now',
+    registers: [this.registry]
+  })
+
+  /** Bytes of blobs pinned: what the quota can never evict. */
+  readonly storePinnedBytes = new Gauge({
+    name: 'shoal_store_pinned_bytes',
+    help: 'Bytes of pinned blobs (never evicted)',
+    registers: [this.registry]
+  })
+
+  /** Configuration reloads (SIGHUP), by outcome: `applied`, or `rejected` (an invalid file). */
+  readonly configReloads = new Counter({
+    name: 'shoal_config_reloads_total',
+    help: 'Configuration reloads, by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry]
+  })
+
+  /** Bytes evicted from the store, by reason: `gc` (shoal gc) or `quota` (a lower quota). */
+  readonly evictedBytes = new Counter({
+    name: 'shoal_store_evicted_bytes_total',
+    help: 'Bytes evicted from the store by gc or a lowered quota, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry]
+  })
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' })
   }
 
   /** Runs before every scrape: gauges that mirror state elsewhere (store usage) refresh here. */
-  onScrape: (() => void) | undefined
+  onScrape: (() => void | Promise<void>) | undefined
 
   /** Prometheus text exposition. */
   async render(): Promise<{ contentType: string; body: string }> {
-    this.onScrape?.()
+    await this.onScrape?.()
     return { contentType: this.registry.contentType, body: await this.registry.metrics() }
   }
 }

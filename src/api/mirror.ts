@@ -10,6 +10,7 @@ import type { Startable } from '../interface/common.ts'
 import type { BlobStore } from '../interface/store.ts'
 import type { UpstreamResolver } from '../interface/upstream.ts'
 import { sendStoredBlob } from './blob-response.ts'
+import { healthRoute, type Readiness } from './health.ts'
 import { closeServer, listen, requestSignal } from './http.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
@@ -32,6 +33,8 @@ export interface RegistryMirrorInit {
    * the runtime's next round trips overlap the agent's fetch. Default true.
    */
   prefetch?: boolean
+  /** What `/readyz` answers (next to `/healthz` and `/metrics`). */
+  readiness?: () => Readiness
 }
 
 /** Distribution error codes clients understand, by Shoal code. */
@@ -122,6 +125,7 @@ export class RegistryMirror implements Startable {
       res.end(head ? undefined : '{}')
       return
     }
+    if (healthRoute(res, url.pathname, head, this.#init.readiness)) return
     if (url.pathname === '/metrics') {
       const m = await this.#c.metrics.render()
       res.writeHead(200, { 'Content-Type': m.contentType }).end(m.body)

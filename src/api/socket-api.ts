@@ -16,6 +16,8 @@ import type { BlobStore } from '../interface/store.ts'
 import { parsePlatform } from '../oci/platform.ts'
 import { parseReference } from '../oci/reference.ts'
 import { sendStoredBlob } from './blob-response.ts'
+import type { DaemonRoutes } from './daemon-routes.ts'
+import { healthRoute, type Readiness } from './health.ts'
 import { closeServer, listen, parseRange, readBody, requestSignal, sendError, sendJson } from './http.ts'
 import { MaterializeRoutes } from './materialize-routes.ts'
 import type { ShoalMetrics } from './metrics.ts'
@@ -33,20 +35,33 @@ export interface SocketApiComponents {
   clock: Clock
   logger: Logger
   metrics: ShoalMetrics
+  /** Drain, gc, pin and unpin (`/v1/drain`, `/v1/gc`, `/v1/pin`, `/v1/unpin`). */
+  daemon?: DaemonRoutes
 }
 
 export interface SocketApiInit {
   path: string
   /** File mode of the socket (0o660: owner and group). */
   mode: number
-  /** Extra fields for `/v1/status` (addresses, version). */
-  describe?: () => Record<string, unknown>
+  /** Extra fields for `/v1/status` (addresses, version, peers, pins). */
+  describe?: () => Record<string, unknown> | Promise<Record<string, unknown>>
+  /** What `/readyz` answers. */
+  readiness?: () => Readiness
 }
+
+/** The daemon's own routes, by `METHOD /path`. */
+const DAEMON_ROUTES = {
+  'POST /v1/drain': 'drain',
+  'POST /v1/gc': 'gc',
+  'POST /v1/pin': 'pin',
+  'POST /v1/unpin': 'unpin'
+} as const
 
 /**
  * The runtime-facing API on a unix socket (`curl --unix-socket`): pull with NDJSON progress,
  * blobs with Range (the asked-for range first), materialize and release (see
- * `MaterializeRoutes`), status, health and metrics.
+ * `MaterializeRoutes`), drain, gc and pins (see `DaemonRoutes`), status, health, readiness
+ * and metrics.
  */
 export class SocketApi implements Startable {
   readonly #c: SocketApiComponents
@@ -121,6 +136,14 @@ export class SocketApi implements Startable {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://shoal')
     const route = `${req.method} ${url.pathname}`
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if (healthRoute(res, url.pathname, req.method === 'HEAD', this.#init.readiness)) return
+    }
+    const daemon = DAEMON_ROUTES[route as keyof typeof DAEMON_ROUTES]
+    if (daemon !== undefined && this.#c.daemon !== undefined) {
+      await this.#c.daemon[daemon](req, res)
+      return
+    }
     if (route === 'GET /v1/health') {
       this.#c.store.usage() // throws when the store is closed
       sendJson(res, 200, { status: 'ok' })
@@ -169,7 +192,7 @@ export class SocketApi implements Startable {
       served[String(v.labels.interface)] = v.value
     }
     return {
-      ...this.#init.describe?.(),
+      ...(await this.#init.describe?.()),
       uptimeMs: this.#c.clock.now() - this.#startedAt,
       store: this.#c.store.usage(),
       transfers: this.#c.fetcher.status(),

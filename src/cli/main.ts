@@ -2,7 +2,10 @@ import { Command } from 'commander'
 import { VERSION } from '../agent.ts'
 import { BadRequestError, ShoalError } from '../errors.ts'
 import { agentCommand } from './agent-command.ts'
+import { drainCommand } from './drain-command.ts'
+import { gcCommand } from './gc-command.ts'
 import { materializeCommand } from './materialize-command.ts'
+import { pinCommand } from './pin-command.ts'
 import { pruneCommand } from './prune-command.ts'
 import { pullCommand } from './pull-command.ts'
 import { releaseCommand } from './release-command.ts'
@@ -82,10 +85,52 @@ program
 
 program
   .command('status')
-  .description('show the agent: store use, transfers, bytes by source')
+  .description('show the agent: readiness, peers, transfers and uploads, store use, pins, bytes by source')
   .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
   .option('--json', 'print JSON')
   .action(async (o: { socket: string; json?: boolean }) => statusCommand(o.socket, Boolean(o.json)))
+
+program
+  .command('gc')
+  .description('evict blobs neither pinned nor in use, least recently used first; prints what it freed')
+  .option('--target <size>', 'stop once the store uses at most this, e.g. 10GiB (default: evict all it can)')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (o: { socket: string; target?: string; json?: boolean }) => {
+    await gcCommand(o)
+  })
+
+program
+  .command('pin')
+  .description('pin an image (pulled first) or a held blob: the quota never evicts it; survives restarts')
+  .argument('<target>', 'image reference, or sha256:<hex> of a blob (a manifest pins what it names)')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (target: string, o: { socket: string; json?: boolean }) => {
+    await pinCommand('pin', target, o)
+  })
+
+program
+  .command('unpin')
+  .description('drop a pin (blobs another pin holds stay pinned)')
+  .argument('<target>', 'the image reference or digest as pinned')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (target: string, o: { socket: string; json?: boolean }) => {
+    await pinCommand('unpin', target, o)
+  })
+
+program
+  .command('drain')
+  .description(
+    'stop advertising, send new peers elsewhere, wait for uploads in flight; the agent keeps running'
+  )
+  .option('--timeout <duration>', 'longest wait for uploads, e.g. 30s (default shutdown.drainTimeout)')
+  .option('--socket <path>', 'agent socket', DEFAULT_SOCKET)
+  .option('--json', 'print JSON')
+  .action(async (o: { socket: string; timeout?: string; json?: boolean }) => {
+    await drainCommand(o)
+  })
 
 const hyperlayer = program
   .command('hyperlayer')
