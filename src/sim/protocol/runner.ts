@@ -1,0 +1,360 @@
+/**
+ * The protocol level of the simulator: a scenario played by real agents (real libp2p, real
+ * store) and the real registry, each in its own network namespace, on links shaped by `tc`
+ * with the agents' own rate caps off, so the network, not the agent, is the limit. It returns
+ * the figures the model returns (completion, registry egress, uploads, T_min, a timeline), so
+ * the two levels can be set side by side. It stops by itself and always removes every
+ * namespace, link, process and file it made.
+ */
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { systemClock } from '../../clock.ts'
+import { AbortedError, SimulationTimeoutError } from '../../errors.ts'
+import type { Clock } from '../../interface/clock.ts'
+import type { AbortOptions } from '../../interface/common.ts'
+import { generateSwarmKey } from '../../p2p/swarm-key.ts'
+import { claimRun, removeRun } from '../netns/cleanup.ts'
+import { Iproute } from '../netns/iproute.ts'
+import { newRunPrefix, runNames } from '../netns/names.ts'
+import { createStar, type StarNetwork } from '../netns/star.ts'
+import { type EgressCounters, egressCounters, payloadBytes } from '../netns/tc.ts'
+import type { Scenario } from '../scenario.ts'
+import { type SwarmTimeline, TimelineRecorder } from '../timeline.ts'
+import { type AgentBuild, type NetnsAgent, startNetnsAgent } from './agents.ts'
+import { generateImage } from './image.ts'
+import { blobBytesFromLog, type NetnsRegistry, pushToStorage, startNetnsRegistry } from './registry.ts'
+import { FRAMING, type ProtocolShape, protocolShape } from './scenario-shape.ts'
+
+const REGISTRY_PORT = 5000
+/** Agents started at once after the first (each start costs a second of CPU or more). */
+const START_CONCURRENCY = 3
+
+/**
+ * TCP in every namespace. TCP small queues let one socket hold 4 MiB in the qdisc by default on
+ * this kernel, far more than a rate limiter's queue: local senders overflowed it, and every
+ * drop was sent again (a 3-node run: 485 drops on the uploads, registry egress 1.18 F on the
+ * wire for 1.08 F of blob bodies). At 16 KiB, with 300 ms queues, drops all but vanished.
+ */
+export const TCP_SETTINGS: Readonly<Record<string, string | number>> = {
+  'net.ipv4.tcp_limit_output_bytes': 16384
+}
+
+/** Collaborators of a run. */
+export interface ProtocolComponents {
+  iproute: Iproute
+  clock: Clock
+}
+
+/** How to run; every field has a default. */
+export interface ProtocolRunOptions extends AbortOptions {
+  /** The run's prefix, `shl<4 hex>-` (default: a fresh one). */
+  prefix?: string
+  /** Run the compiled agent (`dist/`, default) or the sources through tsx. */
+  build?: AgentBuild
+  /** The run's time limit from its start (default 60 s for setup plus 10 x T_min). */
+  timeoutMs?: number
+  /** Seconds between timeline samples (default 0.5). */
+  sampleEvery?: number
+  /** Raise tc rates by the TCP/IP framing of full segments (default true; see FRAMING). */
+  framing?: boolean
+  /** Queue of each link's rate limiter (ms; default DEFAULT_QUEUE_MS, 300). */
+  queueMs?: number
+  /** Kernel parameters for every namespace's TCP (default TCP_SETTINGS). */
+  sysctl?: Readonly<Record<string, string | number>>
+  /** Keep the scratch directory (configs, logs) after the run; the namespaces always go. */
+  keepFiles?: boolean
+  /** Extra agent config, merged over what the scenario maps to. */
+  agentConfig?: Record<string, unknown>
+  /** A line for each step and each node done. */
+  onProgress?: (line: string) => void
+  /** Called once every agent is up, just before the pulls (tests inject failures here). */
+  onAgentsReady?: (run: { prefix: string; pids: number[] }) => void
+}
+
+/** What a protocol-level run measured; times in seconds, bytes as counted where said. */
+export interface ProtocolResult {
+  prefix: string
+  shape: ProtocolShape
+  /** Each node's completion time, seconds from the moment the first pull was made. */
+  completion: number[]
+  /**
+   * Bytes that left the registry's link while the nodes pulled: tc's counter on its egress,
+   * whole Ethernet frames (HTTP, TCP/IP and Ethernet headers, retransmissions, manifests and
+   * the config included).
+   */
+  registryEgress: number
+  /** The same counter with 66 bytes of headers taken off every frame: the TCP payload. */
+  registryEgressPayload: number
+  /** Blob body bytes the registry's log says it wrote. */
+  registryBlobBytes: number
+  /** Bytes that left each node's link (tc's counter; peer uploads, plus ACKs and requests). */
+  uploaded: number[]
+  uploadedPayload: number[]
+  /** Bytes that reached each node over its link (tc's counter on the hub's end). */
+  downloaded: number[]
+  /** Bytes each node's pull took from peers (the agent's own count). */
+  fromPeers: number[]
+  /** Packets tc dropped from full queues: the registry's link, each node's up and down. */
+  drops: { registry: number; up: number[]; down: number[] }
+  /** The Kumar-Ross bound max(F/u_s, F/d_min, N F / (u_s + sum u_i)) on the scenario's rates. */
+  tMin: number
+  /** Completed nodes and registry bytes over time; minReplicas is -1: not observable here. */
+  timeline: SwarmTimeline
+  manifestDigest: string
+  /** Seconds spent building the network, pushing the image and starting the agents. */
+  setupSeconds: number
+}
+
+/** Runs `scenario` on real agents in network namespaces. */
+export async function runProtocolScenario(
+  scenario: Scenario,
+  options: ProtocolRunOptions = {},
+  components: ProtocolComponents = { iproute: new Iproute(), clock: systemClock }
+): Promise<ProtocolResult> {
+  const { iproute, clock } = components
+  const shape = protocolShape(scenario)
+  const say = options.onProgress ?? (() => {})
+  const timeoutMs = options.timeoutMs ?? 60_000 + 10_000 * shape.tMin
+  const timeout = AbortSignal.timeout(timeoutMs)
+  const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout
+  const prefix = options.prefix ?? newRunPrefix()
+  const names = runNames(prefix)
+  const started = clock.now()
+  await iproute.check({ signal })
+  await mkdir(names.dir, { recursive: true })
+  await claimRun(names.dir)
+
+  let registry: NetnsRegistry | undefined
+  const agents: NetnsAgent[] = []
+  try {
+    const image = generateImage(shape.layerSizes, scenario.seed)
+    const repository = `sim/${scenario.name}`
+    const place = { dir: join(names.dir, 'registry'), dataDir: join(names.dir, 'registry', 'data') }
+    await pushToStorage(place, repository, 'latest', image, { signal })
+    say(
+      `pushed ${repository}: ${shape.layerSizes.length} layer(s), ${(shape.imageBytes / 2 ** 20).toFixed(1)} MiB`
+    )
+
+    const wire = options.framing === false ? 1 : FRAMING
+    const star = await createStar(
+      iproute,
+      {
+        names,
+        nodes: shape.upload.map((u, i) => ({
+          upload: u * wire,
+          download: (shape.download[i] as number) * wire
+        })),
+        registryUpload: shape.registryUpload * wire,
+        ...(shape.delayMs !== undefined && { delayMs: shape.delayMs }),
+        ...(options.queueMs !== undefined && { queueMs: options.queueMs }),
+        sysctl: options.sysctl ?? TCP_SETTINGS
+      },
+      { signal }
+    )
+    say(
+      `network ${prefix}*: ${shape.nodes} node namespaces, a registry namespace and a hub, links shaped by tc`
+    )
+    registry = await startNetnsRegistry(star.registry.ns, star.registry.address, REGISTRY_PORT, place, {
+      signal
+    })
+    await startAgents(agents, star, registry, shape, options, names.dir, signal)
+    say(`${agents.length} agents up (${((clock.now() - started) / 1000).toFixed(1)} s of setup)`)
+    options.onAgentsReady?.({ prefix, pids: [registry.process.pid, ...agents.map((a) => a.process.pid)] })
+    const setupSeconds = (clock.now() - started) / 1000
+
+    const reference = `${registry.host}/${repository}:latest`
+    const measured = await crowd(agents, star, reference, shape, components, options, signal, say)
+    for (const a of agents) await a.stop()
+    await registry.stop()
+    for (const [i, d] of measured.digests.entries()) {
+      if (d !== image.manifest.digest) throw new Error(`node ${i} pulled ${d}, not ${image.manifest.digest}`)
+    }
+    return {
+      prefix,
+      shape,
+      ...measured.figures,
+      registryBlobBytes: await blobBytesFromLog(registry.logFile),
+      tMin: shape.tMin,
+      manifestDigest: image.manifest.digest,
+      setupSeconds
+    }
+  } catch (err) {
+    if (timeout.aborted) {
+      throw new SimulationTimeoutError(`the run did not finish within ${(timeoutMs / 1000).toFixed(0)} s`, {
+        cause: err
+      })
+    }
+    if (options.signal?.aborted) throw new AbortedError('the run was aborted', { cause: err })
+    throw err
+  } finally {
+    await Promise.allSettled([...agents.map((a) => a.stop()), registry?.stop()])
+    const removed = await removeRun(iproute, prefix, options.keepFiles)
+    say(
+      `removed ${removed.namespaces.length} namespaces${removed.pids.length > 0 ? ` and ${removed.pids.length} leftover processes` : ''}`
+    )
+  }
+}
+
+async function startAgents(
+  agents: NetnsAgent[],
+  star: StarNetwork,
+  registry: NetnsRegistry,
+  shape: ProtocolShape,
+  options: ProtocolRunOptions,
+  dir: string,
+  signal: AbortSignal
+): Promise<void> {
+  const keyFile = join(dir, 'swarm.key')
+  await writeFile(keyFile, generateSwarmKey(), { mode: 0o600 })
+  const config = { ...shape.agentConfig, ...options.agentConfig }
+  const start = (i: number, bootstrap: string[]) => {
+    const end = star.nodes[i]
+    if (end === undefined) throw new RangeError(`no node ${i}`)
+    return startNetnsAgent(
+      {
+        index: i,
+        ns: end.ns,
+        address: end.address,
+        dir: join(dir, `n${i}`),
+        build: options.build ?? 'dist',
+        registry,
+        keyFile,
+        bootstrap,
+        config
+      },
+      { signal }
+    )
+  }
+  const first = await start(0, [])
+  agents.push(first)
+  const bootstrap = (await first.status()).swarm?.addresses ?? []
+  let next = 1
+  const worker = async () => {
+    for (let i = next++; i < star.nodes.length; i = next++) agents.push(await start(i, bootstrap))
+  }
+  await Promise.all(Array.from({ length: START_CONCURRENCY }, worker))
+  agents.sort((a, b) => a.index - b.index)
+  // Every agent has joined the swarm (knows at least one peer) before anyone pulls.
+  for (const a of agents) {
+    while (((await a.status()).swarm?.peers ?? 0) < 1) {
+      signal.throwIfAborted()
+      await sleep(100)
+    }
+  }
+}
+
+interface CrowdFigures {
+  figures: Pick<
+    ProtocolResult,
+    | 'completion'
+    | 'registryEgress'
+    | 'registryEgressPayload'
+    | 'uploaded'
+    | 'uploadedPayload'
+    | 'downloaded'
+    | 'fromPeers'
+    | 'drops'
+    | 'timeline'
+  >
+  digests: string[]
+}
+
+/** Every node pulls at its arrival time; the registry's counter is sampled meanwhile. */
+async function crowd(
+  agents: NetnsAgent[],
+  star: StarNetwork,
+  reference: string,
+  shape: ProtocolShape,
+  { iproute, clock }: ProtocolComponents,
+  options: ProtocolRunOptions,
+  signal: AbortSignal,
+  say: (line: string) => void
+): Promise<CrowdFigures> {
+  const reg = star.registry
+  const registryCounter = () => egressCounters(iproute, reg.ns, reg.dev, { signal })
+  const nodeUp = (i: number) => egressCounters(iproute, star.nodes[i]!.ns, star.nodes[i]!.dev, { signal })
+  const nodeDown = (i: number) => egressCounters(iproute, star.names.hub, star.nodes[i]!.hubDev, { signal })
+  const base = {
+    registry: await registryCounter(),
+    up: await Promise.all(agents.map((_, i) => nodeUp(i))),
+    down: await Promise.all(agents.map((_, i) => nodeDown(i)))
+  }
+  const every = options.sampleEvery ?? 0.5
+  const recorder = new TimelineRecorder(every)
+  const completion: number[] = agents.map(() => Number.NaN)
+  const fromPeers: number[] = agents.map(() => 0)
+  const digests: string[] = agents.map(() => '')
+  let done = 0
+  const t0 = clock.now()
+  const elapsed = () => (clock.now() - t0) / 1000
+  const sample = async (force = false) => {
+    const c = await registryCounter()
+    recorder.sample(elapsed(), done, c.bytes - base.registry.bytes, -1, force)
+  }
+  await sample(true)
+  const pulls = agents.map(async (a, i) => {
+    await sleep((shape.arrivals[i] ?? 0) * 1000, undefined, { signal })
+    const e = await a.pull(reference, { signal })
+    completion[i] = elapsed()
+    fromPeers[i] = e.bytes.peer ?? 0
+    digests[i] = e.manifestDigest
+    done++
+    const peers = e.totalBytes > 0 ? (100 * (e.bytes.peer ?? 0)) / e.totalBytes : 0
+    say(
+      `node ${i} done at ${completion[i]?.toFixed(1)} s (${done}/${agents.length}), ${peers.toFixed(0)} % from peers`
+    )
+  })
+  const all = Promise.all(pulls)
+  const aborted = new Promise<never>((_, reject) => {
+    const fail = () => reject(signal.reason)
+    if (signal.aborted) fail()
+    else signal.addEventListener('abort', fail, { once: true })
+  })
+  aborted.catch(() => undefined)
+  all.catch(() => undefined)
+  let finished = false
+  const sampler = (async () => {
+    while (!finished) {
+      await Promise.race([sleep(every * 1000), all]).catch(() => undefined)
+      if (!finished && !signal.aborted) await sample().catch(() => undefined)
+    }
+  })()
+  try {
+    await Promise.race([all, aborted])
+  } finally {
+    finished = true
+    await sampler
+  }
+  await sample(true)
+  const end = {
+    registry: await registryCounter(),
+    up: await Promise.all(agents.map((_, i) => nodeUp(i))),
+    down: await Promise.all(agents.map((_, i) => nodeDown(i)))
+  }
+  const delta = (a: EgressCounters, b: EgressCounters): EgressCounters => ({
+    bytes: a.bytes - b.bytes,
+    packets: a.packets - b.packets,
+    drops: a.drops - b.drops
+  })
+  const reg0 = delta(end.registry, base.registry)
+  const ups = end.up.map((u, i) => delta(u, base.up[i]!))
+  return {
+    figures: {
+      completion,
+      registryEgress: reg0.bytes,
+      registryEgressPayload: payloadBytes(reg0),
+      uploaded: ups.map((u) => u.bytes),
+      uploadedPayload: ups.map(payloadBytes),
+      downloaded: end.down.map((d, i) => d.bytes - base.down[i]!.bytes),
+      fromPeers,
+      drops: {
+        registry: reg0.drops,
+        up: ups.map((u) => u.drops),
+        down: end.down.map((d, i) => d.drops - base.down[i]!.drops)
+      },
+      timeline: recorder.timeline
+    },
+    digests
+  }
+}

@@ -1,0 +1,293 @@
+/**
+ * Benchmark: one scenario on both levels of the simulator, side by side. The protocol level
+ * runs real agents, each in its own network namespace on links shaped by tc, against the real
+ * registry; the model level runs the same scenario with `runSwarmModel`. Prints p50 and p99
+ * completion over T_min, registry egress over F and upload balance for both, the ratio
+ * model / protocol, and whether p50 and egress agree within 15 %; writes
+ * test/bench/results/model-vs-protocol.json and the plots of both runs.
+ *
+ *   npm run bench:model-vs-protocol                      # simulations/scenarios/compare-10.json
+ *   npm run bench:model-vs-protocol -- <scenario.json>   # another scenario
+ *   npm run bench:model-vs-protocol -- --cleanup         # remove what interrupted runs left, and exit
+ *
+ * Needs root, iproute2 and docker-registry; run `npm run build` first (the npm script does).
+ */
+import '../../src/polyfill.ts'
+import { readFile, writeFile } from 'node:fs/promises'
+import { parseArgs } from 'node:util'
+import { removeStaleRuns } from '../../src/sim/netns/cleanup.ts'
+import { Iproute } from '../../src/sim/netns/iproute.ts'
+import { writePlots } from '../../src/sim/plots.ts'
+import { type ProtocolResult, runProtocolScenario } from '../../src/sim/protocol/runner.ts'
+import { abortOnSignals } from '../../src/sim/protocol/signals.ts'
+import { jainIndex, percentile } from '../../src/sim/report.ts'
+import { loadScenario, scenarioToInit } from '../../src/sim/scenario.ts'
+import { runSwarmModel } from '../../src/sim/swarm-model.ts'
+import type { SwarmTimeline } from '../../src/sim/timeline.ts'
+
+const DEFAULT_SCENARIO = 'simulations/scenarios/compare-10.json'
+/** How far apart the two levels may be and still agree (the issue's bar). */
+const AGREEMENT = 0.15
+const OUT = new URL('./results/', import.meta.url)
+
+const log = (line: string) => process.stdout.write(`${line}\n`)
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: { cleanup: { type: 'boolean', default: false } }
+  })
+  const iproute = new Iproute()
+  const stale = await removeStaleRuns(iproute)
+  if (stale.namespaces.length > 0 || stale.pids.length > 0) {
+    log(
+      `removed what interrupted runs left: ${stale.namespaces.length} namespaces, ${stale.pids.length} processes`
+    )
+  }
+  if (values.cleanup) return
+
+  const path = positionals[0] ?? DEFAULT_SCENARIO
+  const scenario = await loadScenario(path)
+  const init = scenarioToInit(scenario)
+  log(
+    `${scenario.name}: ${init.nodes} nodes, ${init.pieces} pieces of ${(init.imageBytes / init.pieces / 1024).toFixed(0)} KiB`
+  )
+
+  log('model ...')
+  const model = runSwarmModel(init)
+  const modelReport = reportFigures(model, init.imageBytes)
+
+  log('protocol level: real agents in network namespaces ...')
+  const { signal, dispose } = abortOnSignals()
+  const cpu = new CpuSampler()
+  let protocol: ProtocolResult
+  try {
+    cpu.start()
+    protocol = await runProtocolScenario(scenario, {
+      signal,
+      onProgress: (line) => log(`  ${line}`),
+      onAgentsReady: () => cpu.mark()
+    })
+  } finally {
+    cpu.stop()
+    dispose()
+  }
+  const protocolReport = reportFigures(protocol, protocol.shape.imageBytes)
+  const F = protocol.shape.imageBytes
+  const rows = table(modelReport, protocolReport, protocol, F)
+  log('')
+  for (const r of rows.lines) log(r)
+  const load = cpu.summary()
+  log('')
+  log(
+    `CPU while the nodes pulled (2 cores = 100 %): mean ${load.mean.toFixed(0)} %, max ${load.max.toFixed(0)} %`
+  )
+  if (protocol.shape.ignored.length > 0) {
+    log(
+      `scenario settings the agents have no setting for (the model's alone): ${protocol.shape.ignored.join(', ')}`
+    )
+  }
+
+  const result = {
+    benchmark: 'model-vs-protocol',
+    command: 'npm run bench:model-vs-protocol',
+    date: new Date().toISOString(),
+    scenario: scenario.name,
+    scenarioFile: path,
+    scenarioJson: JSON.parse(await readFile(path, 'utf8')) as unknown,
+    imageBytes: F,
+    tMinSeconds: protocol.tMin,
+    agreement: rows.agreement,
+    model: {
+      report: modelReport,
+      completion: model.completion,
+      uploaded: model.uploaded,
+      registryEgress: model.registryEgress
+    },
+    protocol: {
+      report: protocolReport,
+      completion: protocol.completion,
+      registryEgress: protocol.registryEgress,
+      registryEgressPayload: protocol.registryEgressPayload,
+      registryBlobBytes: protocol.registryBlobBytes,
+      uploaded: protocol.uploaded,
+      uploadedPayload: protocol.uploadedPayload,
+      downloaded: protocol.downloaded,
+      fromPeers: protocol.fromPeers,
+      drops: protocol.drops,
+      timeline: protocol.timeline,
+      setupSeconds: protocol.setupSeconds,
+      ignoredSettings: protocol.shape.ignored
+    },
+    cpuPercent: load
+  }
+  await writeFile(new URL('model-vs-protocol.json', OUT), `${JSON.stringify(result, null, 2)}\n`)
+  const modelTimeline = (model as { timeline?: SwarmTimeline }).timeline
+  const plots = await writePlots(
+    OUT.pathname,
+    'model-vs-protocol',
+    [
+      {
+        label: 'model',
+        completion: model.completion,
+        uploaded: model.uploaded,
+        tMin: model.tMin,
+        imageBytes: init.imageBytes,
+        ...(modelTimeline && { timeline: modelTimeline })
+      },
+      {
+        label: 'protocol (real agents, tc)',
+        completion: protocol.completion,
+        uploaded: protocol.uploaded,
+        tMin: protocol.tMin,
+        imageBytes: F,
+        timeline: protocol.timeline
+      }
+    ],
+    // Piece diversity needs the replica count of each piece, which the protocol level cannot see.
+    { title: scenario.name, only: ['completion-cdf', 'completed', 'registry-egress', 'upload'] }
+  )
+  log(
+    `wrote test/bench/results/model-vs-protocol.json and ${plots.length} plots (${plots.map((p) => p.split('/').pop()).join(', ')})`
+  )
+}
+
+/** One level's figures against the goals (those of `reportSwarm`). */
+interface LevelFigures {
+  tMin: number
+  registryEgressOverF: number
+  completionOverTMin: { p50: number; p99: number; max: number }
+  uploadMaxOverMean: number
+  uploadJain: number
+}
+
+/**
+ * The figures of `reportSwarm` from what both levels return (the model's result carries more
+ * than the protocol level can observe, so the report is made from the shared fields).
+ */
+function reportFigures(
+  r: { completion: number[]; registryEgress: number; uploaded: number[]; tMin: number },
+  imageBytes: number
+): LevelFigures {
+  const c = r.completion.map((t) => t / r.tMin)
+  const mean = r.uploaded.reduce((a, b) => a + b, 0) / Math.max(1, r.uploaded.length)
+  return {
+    tMin: r.tMin,
+    registryEgressOverF: r.registryEgress / imageBytes,
+    completionOverTMin: { p50: percentile(c, 0.5), p99: percentile(c, 0.99), max: Math.max(...c) },
+    uploadMaxOverMean: mean === 0 ? 1 : Math.max(...r.uploaded) / mean,
+    uploadJain: jainIndex(r.uploaded)
+  }
+}
+
+/** The side-by-side table and the agreement verdicts. */
+function table(m: LevelFigures, p: LevelFigures, r: ProtocolResult, F: number) {
+  const x = (v: number) => `${v.toFixed(2)} x`
+  const ratio = (a: number, b: number) => a / b
+  const within = (q: number) => Math.abs(q - 1) <= AGREEMENT
+  const p50 = ratio(m.completionOverTMin.p50, p.completionOverTMin.p50)
+  const egress = ratio(m.registryEgressOverF, p.registryEgressOverF)
+  const egressPayload = ratio(m.registryEgressOverF, r.registryBlobBytes / F)
+  const row = (name: string, a: string, b: string, q?: number, verdict?: boolean) =>
+    `| ${name} | ${a} | ${b} | ${q === undefined ? '' : q.toFixed(2)} | ${verdict === undefined ? '' : verdict ? 'yes' : 'NO'} |`
+  const lines = [
+    `T_min = ${r.tMin.toFixed(1)} s, F = ${(F / 2 ** 20).toFixed(1)} MiB`,
+    '',
+    '| measure | model | protocol | model / protocol | within 15 % |',
+    '|---|---|---|---|---|',
+    row('completion p50 / T_min', x(m.completionOverTMin.p50), x(p.completionOverTMin.p50), p50, within(p50)),
+    row(
+      'completion p99 / T_min',
+      x(m.completionOverTMin.p99),
+      x(p.completionOverTMin.p99),
+      ratio(m.completionOverTMin.p99, p.completionOverTMin.p99)
+    ),
+    row(
+      'registry egress / F (tc, wire bytes)',
+      x(m.registryEgressOverF),
+      x(p.registryEgressOverF),
+      egress,
+      within(egress)
+    ),
+    row(
+      'registry egress / F (registry log, blob bodies)',
+      x(m.registryEgressOverF),
+      x(r.registryBlobBytes / F),
+      egressPayload,
+      within(egressPayload)
+    ),
+    row(
+      'upload max / mean',
+      x(m.uploadMaxOverMean),
+      x(p.uploadMaxOverMean),
+      ratio(m.uploadMaxOverMean, p.uploadMaxOverMean)
+    ),
+    row(
+      'upload Jain index',
+      m.uploadJain.toFixed(3),
+      p.uploadJain.toFixed(3),
+      ratio(m.uploadJain, p.uploadJain)
+    ),
+    row(
+      'completion min / max (s)',
+      '',
+      `${Math.min(...r.completion).toFixed(1)} / ${Math.max(...r.completion).toFixed(1)}`
+    ),
+    row('p50 completion (s)', '', percentile(r.completion, 0.5).toFixed(1))
+  ]
+  return {
+    lines,
+    agreement: {
+      p50: { ratio: p50, within: within(p50) },
+      egressWire: { ratio: egress, within: within(egress) },
+      egressBlobBodies: { ratio: egressPayload, within: within(egressPayload) }
+    }
+  }
+}
+
+/** Busy share of all cores from /proc/stat, sampled every second; `mark()` starts the counted part. */
+class CpuSampler {
+  #timer: NodeJS.Timeout | undefined
+  #last: { busy: number; total: number } | undefined
+  #marked = false
+  readonly #samples: number[] = []
+
+  start(): void {
+    this.#timer = setInterval(() => void this.#sample(), 1000)
+  }
+
+  mark(): void {
+    this.#marked = true
+    this.#samples.length = 0
+  }
+
+  stop(): void {
+    clearInterval(this.#timer)
+  }
+
+  summary(): { mean: number; max: number; samples: number } {
+    const s = this.#samples
+    return {
+      mean: s.reduce((a, b) => a + b, 0) / Math.max(1, s.length),
+      max: Math.max(0, ...s),
+      samples: s.length
+    }
+  }
+
+  async #sample(): Promise<void> {
+    const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0] ?? ''
+    const f = line.trim().split(/\s+/).slice(1).map(Number)
+    const idle = (f[3] ?? 0) + (f[4] ?? 0)
+    const total = f.reduce((a, b) => a + b, 0)
+    const now = { busy: total - idle, total }
+    if (this.#last && this.#marked && now.total > this.#last.total) {
+      this.#samples.push((100 * (now.busy - this.#last.busy)) / (now.total - this.#last.total))
+    }
+    this.#last = now
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : err}\n`)
+  process.exit(1)
+})
