@@ -244,7 +244,18 @@ export class BlobFetcher implements Startable {
   async #open(req: BlobRequest, options: AbortOptions): Promise<BlobTransfer> {
     const upstream = this.#c.upstreams.resolve(req.registry)
     const isPrivate = this.#isPrivate(req)
-    const known = await this.#c.store.stat(req.digest, options)
+    let known = await this.#c.store.stat(req.digest, options)
+    if (known && !known.complete && req.size !== undefined && req.size !== known.size) {
+      // The partial blob was begun from another descriptor that gave another size. Neither is
+      // verified until the blob is, and keeping the first would fail every later request: one
+      // manifest lying about a shared layer's size would block it on this node for good.
+      this.#log.warn(
+        { digest: req.digest, size: req.size, partialSize: known.size },
+        'descriptors disagree on a partial blob size; starting it again'
+      )
+      await this.#c.store.delete(req.digest, options)
+      known = undefined
+    }
     const peers = this.#c.peers?.join(req.digest, {
       ...(req.size !== undefined && { size: req.size }),
       accessKey: req.accessKey,

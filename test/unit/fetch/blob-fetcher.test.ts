@@ -106,6 +106,21 @@ describe('BlobFetcher', () => {
     await assert.rejects(fetcher.fetch({ digest, size: 3 * PIECE, ...at }), { code: 'SIZE_MISMATCH' })
   })
 
+  it('a descriptor lying about the size does not block the blob for the true one', async () => {
+    // Found by the hardening suite: the partial record of the lie outlived its failed fetch,
+    // and every later request for the shared layer failed with SIZE_MISMATCH.
+    for (const size of [1000, 3 * PIECE + 10]) {
+      const bytes = randomBytes(size)
+      const digest = upstream.addBlob(bytes)
+      for (const lie of [size - 1, size + 1]) {
+        await assert.rejects(fetcher.fetch({ digest, size: lie, ...at }), { code: /^(SIZE|DIGEST)_MISMATCH$/ })
+      }
+      const info = await fetcher.fetch({ digest, size, ...at })
+      assert.equal(info.complete, true)
+      assert.deepEqual(await collect(store.stream(digest)), bytes)
+    }
+  })
+
   it('resumes a failed transfer from the pieces already held', async () => {
     const bytes = randomBytes(8 * PIECE)
     const digest = upstream.addBlob(bytes)
