@@ -113,7 +113,9 @@ describe('BlobFetcher', () => {
       const bytes = randomBytes(size)
       const digest = upstream.addBlob(bytes)
       for (const lie of [size - 1, size + 1]) {
-        await assert.rejects(fetcher.fetch({ digest, size: lie, ...at }), { code: /^(SIZE|DIGEST)_MISMATCH$/ })
+        await assert.rejects(fetcher.fetch({ digest, size: lie, ...at }), {
+          code: /^(SIZE|DIGEST)_MISMATCH$/
+        })
       }
       const info = await fetcher.fetch({ digest, size, ...at })
       assert.equal(info.complete, true)
