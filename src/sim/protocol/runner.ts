@@ -6,6 +6,8 @@
  * the two levels can be set side by side. It stops by itself and always removes every
  * namespace, link, process and file it made.
  */
+
+import { setMaxListeners } from 'node:events'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -18,10 +20,10 @@ import { claimRun, removeRun } from '../netns/cleanup.ts'
 import { Iproute } from '../netns/iproute.ts'
 import { newRunPrefix, runNames } from '../netns/names.ts'
 import { createStar, type StarNetwork } from '../netns/star.ts'
-import { type EgressCounters, egressCounters, payloadBytes } from '../netns/tc.ts'
 import type { Scenario } from '../scenario.ts'
-import { type SwarmTimeline, TimelineRecorder } from '../timeline.ts'
+import type { SwarmTimeline } from '../timeline.ts'
 import { type AgentBuild, type NetnsAgent, startNetnsAgent } from './agents.ts'
+import { crowd } from './crowd.ts'
 import { generateImage } from './image.ts'
 import { blobBytesFromLog, type NetnsRegistry, pushToStorage, startNetnsRegistry } from './registry.ts'
 import { FRAMING, type ProtocolShape, protocolShape } from './scenario-shape.ts'
@@ -118,6 +120,8 @@ export async function runProtocolScenario(
   const timeoutMs = options.timeoutMs ?? 60_000 + 10_000 * shape.tMin
   const timeout = AbortSignal.timeout(timeoutMs)
   const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout
+  // Each node's pull and wait listens on it.
+  setMaxListeners(8 * shape.nodes + 16, signal)
   const prefix = options.prefix ?? newRunPrefix()
   const names = runNames(prefix)
   const started = clock.now()
@@ -241,120 +245,5 @@ async function startAgents(
       signal.throwIfAborted()
       await sleep(100)
     }
-  }
-}
-
-interface CrowdFigures {
-  figures: Pick<
-    ProtocolResult,
-    | 'completion'
-    | 'registryEgress'
-    | 'registryEgressPayload'
-    | 'uploaded'
-    | 'uploadedPayload'
-    | 'downloaded'
-    | 'fromPeers'
-    | 'drops'
-    | 'timeline'
-  >
-  digests: string[]
-}
-
-/** Every node pulls at its arrival time; the registry's counter is sampled meanwhile. */
-async function crowd(
-  agents: NetnsAgent[],
-  star: StarNetwork,
-  reference: string,
-  shape: ProtocolShape,
-  { iproute, clock }: ProtocolComponents,
-  options: ProtocolRunOptions,
-  signal: AbortSignal,
-  say: (line: string) => void
-): Promise<CrowdFigures> {
-  const reg = star.registry
-  const registryCounter = () => egressCounters(iproute, reg.ns, reg.dev, { signal })
-  const nodeUp = (i: number) => egressCounters(iproute, star.nodes[i]!.ns, star.nodes[i]!.dev, { signal })
-  const nodeDown = (i: number) => egressCounters(iproute, star.names.hub, star.nodes[i]!.hubDev, { signal })
-  const base = {
-    registry: await registryCounter(),
-    up: await Promise.all(agents.map((_, i) => nodeUp(i))),
-    down: await Promise.all(agents.map((_, i) => nodeDown(i)))
-  }
-  const every = options.sampleEvery ?? 0.5
-  const recorder = new TimelineRecorder(every)
-  const completion: number[] = agents.map(() => Number.NaN)
-  const fromPeers: number[] = agents.map(() => 0)
-  const digests: string[] = agents.map(() => '')
-  let done = 0
-  const t0 = clock.now()
-  const elapsed = () => (clock.now() - t0) / 1000
-  const sample = async (force = false) => {
-    const c = await registryCounter()
-    recorder.sample(elapsed(), done, c.bytes - base.registry.bytes, -1, force)
-  }
-  await sample(true)
-  const pulls = agents.map(async (a, i) => {
-    await sleep((shape.arrivals[i] ?? 0) * 1000, undefined, { signal })
-    const e = await a.pull(reference, { signal })
-    completion[i] = elapsed()
-    fromPeers[i] = e.bytes.peer ?? 0
-    digests[i] = e.manifestDigest
-    done++
-    const peers = e.totalBytes > 0 ? (100 * (e.bytes.peer ?? 0)) / e.totalBytes : 0
-    say(
-      `node ${i} done at ${completion[i]?.toFixed(1)} s (${done}/${agents.length}), ${peers.toFixed(0)} % from peers`
-    )
-  })
-  const all = Promise.all(pulls)
-  const aborted = new Promise<never>((_, reject) => {
-    const fail = () => reject(signal.reason)
-    if (signal.aborted) fail()
-    else signal.addEventListener('abort', fail, { once: true })
-  })
-  aborted.catch(() => undefined)
-  all.catch(() => undefined)
-  let finished = false
-  const sampler = (async () => {
-    while (!finished) {
-      await Promise.race([sleep(every * 1000), all]).catch(() => undefined)
-      if (!finished && !signal.aborted) await sample().catch(() => undefined)
-    }
-  })()
-  try {
-    await Promise.race([all, aborted])
-  } finally {
-    finished = true
-    await sampler
-  }
-  await sample(true)
-  const end = {
-    registry: await registryCounter(),
-    up: await Promise.all(agents.map((_, i) => nodeUp(i))),
-    down: await Promise.all(agents.map((_, i) => nodeDown(i)))
-  }
-  const delta = (a: EgressCounters, b: EgressCounters): EgressCounters => ({
-    bytes: a.bytes - b.bytes,
-    packets: a.packets - b.packets,
-    drops: a.drops - b.drops
-  })
-  const reg0 = delta(end.registry, base.registry)
-  const ups = end.up.map((u, i) => delta(u, base.up[i]!))
-  return {
-    figures: {
-      completion,
-      registryEgress: reg0.bytes,
-      registryEgressPayload: payloadBytes(reg0),
-      uploaded: ups.map((u) => u.bytes),
-      uploadedPayload: ups.map(payloadBytes),
-      downloaded: end.down.map((d, i) => d.bytes - base.down[i]!.bytes),
-      fromPeers,
-      drops: {
-        registry: reg0.drops,
-        up: ups.map((u) => u.drops),
-        down: end.down.map((d, i) => d.drops - base.down[i]!.drops)
-      },
-      timeline: recorder.timeline
-    },
-    digests
   }
 }
