@@ -41,11 +41,18 @@ const descriptor = z.object({
   size: z.number().int().min(0).max(MAX_BLOB_SIZE)
 })
 
+/**
+ * Most layers a manifest may list: overlayfs stacks at most 500 lower directories
+ * (OVL_MAX_STACK), so no runtime mounts more. A manifest listing thousands of blobs that do not
+ * exist would otherwise keep a node busy starting as many transfers.
+ */
+export const MAX_MANIFEST_LAYERS = 500
+
 const manifestSchema = z.object({
   schemaVersion: z.literal(2),
   mediaType: z.string().optional(),
   config: descriptor,
-  layers: z.array(descriptor)
+  layers: z.array(descriptor).max(MAX_MANIFEST_LAYERS, `at most ${MAX_MANIFEST_LAYERS} layers`)
 })
 
 const indexSchema = z.object({

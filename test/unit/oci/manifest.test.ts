@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { parseManifest, selfDescribedMediaType } from '../../../src/oci/manifest.ts'
+import { MAX_MANIFEST_LAYERS, parseManifest, selfDescribedMediaType } from '../../../src/oci/manifest.ts'
 import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from '../../../src/oci/media-types.ts'
 import { defaultPlatform, parsePlatform, selectManifest } from '../../../src/oci/platform.ts'
 
@@ -71,6 +71,15 @@ describe('parseManifest', () => {
     )
     assert.throws(() => parseManifest(enc({ ...manifest, config: { ...manifest.config, size: -1 } })), {
       code: 'INVALID_MANIFEST'
+    })
+  })
+
+  it('refuses more layers than overlayfs can stack (a manifest naming thousands of missing blobs)', () => {
+    const layers = (n: number) => Array.from({ length: n }, () => manifest.layers[1])
+    assert.equal(parseManifest(enc({ ...manifest, layers: layers(MAX_MANIFEST_LAYERS) })).kind, 'manifest')
+    assert.throws(() => parseManifest(enc({ ...manifest, layers: layers(MAX_MANIFEST_LAYERS + 1) })), {
+      code: 'INVALID_MANIFEST',
+      message: /layers: at most 500 layers/
     })
   })
 })
