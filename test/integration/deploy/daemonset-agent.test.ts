@@ -23,10 +23,12 @@ async function freePort(): Promise<number> {
 }
 
 // The DaemonSet's agent with the DaemonSet's config (paths and ports moved to scratch ones on
-// loopback), asked what the kubelet and Prometheus would ask: its probes, and /metrics through
-// the metrics-proxy container's nginx configuration run by a real nginx.
+// loopback, and a peer to find through bootstrap where the cluster would give DNS), asked what
+// the kubelet and Prometheus would ask: its probes, and /metrics through the metrics-proxy
+// container's nginx configuration run by a real nginx.
 describe('the DaemonSet against a real agent', () => {
   let dir: string
+  let peer: TestAgent
   let agent: TestAgent
   let containers: IContainer[]
   let nginx: ChildProcess | undefined
@@ -38,13 +40,16 @@ describe('the DaemonSet against a real agent', () => {
     dir = await mkdtemp(join(tmpdir(), 'shoal-ds-'))
     const keyFile = join(dir, 'swarm.key')
     await writeFile(keyFile, generateSwarmKey(), { mode: 0o600 })
+    const swarm = { enabled: true, listen: ['/ip4/127.0.0.1/tcp/0'], keyFile }
+    peer = await startAgent({ registries: {}, config: { swarm } })
+    const bootstrap = (await peer.status()).swarm?.addresses ?? []
     const config = parseYaml(await readFile(join(KUBE, 'agent.yaml'), 'utf8'))
-    // The harness gives the store, the socket and the mirror port; cluster DNS is not here.
+    // The harness gives the store, the socket and the mirror port. Cluster DNS is not here:
+    // the other node comes from bootstrap instead, so the agent still has peers to find.
     delete config.storeDir
     delete config.socket
     delete config.swarm.dnsDiscovery
-    config.swarm.listen = ['/ip4/127.0.0.1/tcp/0']
-    config.swarm.keyFile = keyFile
+    config.swarm = { ...config.swarm, ...swarm, bootstrap }
     agent = await startAgent({ registries: {}, config })
   })
 
@@ -54,24 +59,28 @@ describe('the DaemonSet against a real agent', () => {
       nginx.kill('SIGTERM')
       await exited
     }
-    await agent?.stop()
-    if (agent) await removeAgentDir(agent)
+    for (const a of [agent, peer]) {
+      await a?.stop()
+      if (a) await removeAgentDir(a)
+    }
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('answers every probe of the agent container with 200', async () => {
+  it('answers every probe of the agent container with 200 once it has found its peer', async () => {
     const agentContainer = containers.find((c) => c.name === 'agent')
     const probes = [
       agentContainer?.startupProbe,
-      agentContainer?.readinessProbe,
-      agentContainer?.livenessProbe
+      agentContainer?.livenessProbe,
+      agentContainer?.readinessProbe
     ]
     assert.equal((await agent.status()).swarm !== null, true, 'the swarm is on, as in the DaemonSet')
-    for (const probe of probes as IProbe[]) {
-      const path = probe.httpGet?.path as string
-      // The mirror's port stands in for the named port `mirror` (the harness picks a free one).
-      const res = await fetch(`http://${agent.mirror}${path}`)
-      assert.equal(res.status, 200, `${path}: ${await res.text()}`)
+    // The mirror's port stands in for the named port `mirror` (the harness picks a free one).
+    const ask = (probe: IProbe | undefined) => fetch(`http://${agent.mirror}${probe?.httpGet?.path}`)
+    // Readiness waits for a peer in the DHT; the peer is there, so it comes.
+    await until('the agent is ready', async () => (await ask(agentContainer?.readinessProbe)).status === 200)
+    for (const probe of probes) {
+      const res = await ask(probe)
+      assert.equal(res.status, 200, `${probe?.httpGet?.path}: ${await res.text()}`)
     }
   })
 

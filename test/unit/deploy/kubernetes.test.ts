@@ -229,8 +229,12 @@ describe('deploy/kubernetes manifests', () => {
 
   it('probes ask the mirror, on the address the config gives it', () => {
     const [host, port] = config.mirror.listen.split(':')
-    const probes = [agentContainer.startupProbe, agentContainer.readinessProbe, agentContainer.livenessProbe]
-    for (const probe of probes as (IProbe | undefined)[]) {
+    const probes: [string, IProbe | undefined][] = [
+      ['/healthz', agentContainer.startupProbe],
+      ['/healthz', agentContainer.livenessProbe],
+      ['/readyz', agentContainer.readinessProbe]
+    ]
+    for (const [path, probe] of probes) {
       assert.ok(probe?.httpGet, 'every probe of the agent is an HTTP GET')
       const get = probe.httpGet
       const p =
@@ -239,8 +243,8 @@ describe('deploy/kubernetes manifests', () => {
           : get.port
       assert.equal(get.host, host)
       assert.equal(p, Number(port))
-      // test/integration/deploy/daemonset-agent.test.ts asks a real agent for this path.
-      assert.equal(get.path, '/v2/')
+      // test/integration/deploy/daemonset-agent.test.ts asks a real agent for these paths.
+      assert.equal(get.path, path)
     }
     assert.ok(agentContainer.resources?.requests?.memory && agentContainer.resources.limits?.memory)
     assert.ok(agentContainer.resources?.requests?.cpu && agentContainer.resources.limits?.cpu)
