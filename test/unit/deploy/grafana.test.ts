@@ -109,18 +109,11 @@ describe('deploy/grafana/shoal-dashboard.json', () => {
         used.add(name)
       }
     }
-    // The traffic, trust and store metrics an operator watches are all on it.
-    for (const name of [
-      'shoal_fetched_bytes_total',
-      'shoal_served_bytes_total',
-      'shoal_piece_fetch_seconds_bucket',
-      'shoal_verify_failures_total',
-      'shoal_peer_bans_total',
-      'shoal_swarm_peers',
-      'shoal_store_used_bytes',
-      'shoal_store_quota_bytes'
-    ]) {
-      assert.ok(used.has(name), `the dashboard does not show ${name}`)
+    // And every metric of the agent's own (not Node's process metrics) is on it.
+    for (const m of await new ShoalMetrics().registry.getMetricsAsJSON()) {
+      if (/^shoal_(process|nodejs)_/.test(m.name)) continue
+      const series = String(m.type) === 'histogram' ? `${m.name}_bucket` : m.name
+      assert.ok(used.has(series), `the dashboard does not show ${m.name}`)
     }
     assert.throws(() => seriesOf('sum(rate(shoal_fetched_bytes_total[5m]) by'), /does not parse/)
   })
