@@ -184,6 +184,9 @@ describe('deploy/kubernetes manifests', () => {
     assert.equal(config.swarm.enabled, true)
     assert.equal(config.mirror.enabled, true)
     assert.match(config.mirror.listen, /^127\.0\.0\.1:/, 'the mirror must stay on the node')
+    // The kubelet kills the pod after its grace period: the drain must fit in it.
+    const grace = daemonSet.spec.template.spec.terminationGracePeriodSeconds * 1000
+    assert.ok(grace > config.shutdown.drainTimeout, `grace ${grace} ms`)
   })
 
   it('the agent reads the generated config, and mounts its store and socket directories from the host', () => {

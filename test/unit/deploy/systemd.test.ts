@@ -45,16 +45,21 @@ async function analyze(text: string, ...args: string[]) {
 before(async () => {
   unitText = await readFile(UNIT, 'utf8')
   service = parseUnit(unitText).get('Service') ?? new Map()
-  // A root with the system's own units (targets the unit orders against) and a stand-in for the
-  // binary ExecStart names: verify checks that it exists and is executable.
+  // A root with the system's own units (targets the unit orders against) and stand-ins for the
+  // binaries its Exec lines name: verify checks that each exists and is executable.
   root = await mkdtemp(join(tmpdir(), 'shoal-unit-'))
   await mkdir(join(root, 'etc/systemd/system'), { recursive: true })
   await cp('/usr/lib/systemd/system', join(root, 'usr/lib/systemd/system'), { recursive: true })
-  const binary = (service.get('ExecStart')?.[0] ?? '').split(' ')[0] as string
-  assert.ok(binary.startsWith('/'), binary)
-  await mkdir(join(root, dirname(binary)), { recursive: true })
-  await writeFile(join(root, binary), '#!/bin/sh\n')
-  await chmod(join(root, binary), 0o755)
+  for (const [key, values] of service) {
+    if (!key.startsWith('Exec')) continue
+    for (const line of values) {
+      const binary = line.replace(/^[-@+!:]+/, '').split(' ')[0] as string
+      assert.ok(binary.startsWith('/'), `${key}: ${binary} is not an absolute path`)
+      await mkdir(join(root, dirname(binary)), { recursive: true })
+      await writeFile(join(root, binary), '#!/bin/sh\n')
+      await chmod(join(root, binary), 0o755)
+    }
+  }
 })
 
 after(async () => {
@@ -97,6 +102,8 @@ describe('deploy/systemd/shoal.service', () => {
     // Long enough for the agent's own drain before SIGKILL.
     const stop = parseDuration(service.get('TimeoutStopSec')?.[0] ?? '') ?? 0
     assert.ok(stop > c.shutdown.drainTimeout, `TimeoutStopSec ${stop} ms`)
+    // systemctl reload sends what the agent reloads on.
+    assert.deepEqual(service.get('ExecReload'), ['/bin/kill -HUP $MAINPID'])
   })
 
   it('hardening leaves what materializing and LVM need', () => {
