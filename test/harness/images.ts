@@ -192,9 +192,15 @@ export function nativeArchitecture(): string {
  * `test/tiny-docker:latest` and reads back its digest (the conversion rewrites the manifest;
  * the layer bytes stay the same).
  */
-export async function pushTestImages(registryHost: string, images: TestImages): Promise<PushedImages> {
+export async function pushTestImages(
+  registryHost: string,
+  images: TestImages,
+  /** Push only these images (by name; `tiny-docker` needs `tiny`); all of them by default. */
+  names?: string[]
+): Promise<PushedImages> {
   const pushed: PushedImages = {}
   for (const image of Object.values(images.images)) {
+    if (names !== undefined && !names.includes(image.name)) continue
     const ref = `${registryHost}/${image.repository}:${image.tag}`
     await skopeo([
       'copy',
@@ -208,6 +214,7 @@ export async function pushTestImages(registryHost: string, images: TestImages): 
     pushed[image.name] = { ...image, ref, registryHost }
   }
 
+  if (names !== undefined && !names.includes('tiny-docker')) return pushed
   const tiny = images.images.tiny
   if (!tiny) throw new Error('no tiny test image')
   const ref = `${registryHost}/test/tiny-docker:latest`
