@@ -8,6 +8,8 @@
  *
  *   npm run bench:model-vs-protocol                      # simulations/scenarios/compare-10.json
  *   npm run bench:model-vs-protocol -- <scenario.json>   # another scenario
+ *   npm run bench:model-vs-protocol -- --nodes 16        # the same scenario with another node count
+ *   npm run bench:model-vs-protocol -- --keep            # keep the agents' and registry's logs
  *   npm run bench:model-vs-protocol -- --cleanup         # remove what interrupted runs left, and exit
  *
  * Needs root, iproute2 and docker-registry; run `npm run build` first (the npm script does).
@@ -21,7 +23,7 @@ import { writePlots } from '../../src/sim/plots.ts'
 import { type ProtocolResult, runProtocolScenario } from '../../src/sim/protocol/runner.ts'
 import { abortOnSignals } from '../../src/sim/protocol/signals.ts'
 import { jainIndex, percentile } from '../../src/sim/report.ts'
-import { loadScenario, scenarioToInit } from '../../src/sim/scenario.ts'
+import { loadScenario, parseScenario, scenarioToInit } from '../../src/sim/scenario.ts'
 import { runSwarmModel } from '../../src/sim/swarm-model.ts'
 import type { SwarmTimeline } from '../../src/sim/timeline.ts'
 
@@ -35,7 +37,11 @@ const log = (line: string) => process.stdout.write(`${line}\n`)
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { cleanup: { type: 'boolean', default: false } }
+    options: {
+      cleanup: { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      nodes: { type: 'string' }
+    }
   })
   const iproute = new Iproute()
   const stale = await removeStaleRuns(iproute)
@@ -47,7 +53,17 @@ async function main(): Promise<void> {
   if (values.cleanup) return
 
   const path = positionals[0] ?? DEFAULT_SCENARIO
-  const scenario = await loadScenario(path)
+  const loaded = await loadScenario(path)
+  const json = JSON.parse(await readFile(path, 'utf8')) as { name: string; topology: { nodes: number } }
+  const nodes = values.nodes === undefined ? undefined : Number(values.nodes)
+  // Another node count: the same file with `topology.nodes` replaced (rates must be one for all).
+  const scenario =
+    nodes === undefined
+      ? loaded
+      : parseScenario(
+          { ...json, name: `${json.name}-n${nodes}`, topology: { ...json.topology, nodes } },
+          `${path} with ${nodes} nodes`
+        )
   const init = scenarioToInit(scenario)
   log(
     `${scenario.name}: ${init.nodes} nodes, ${init.pieces} pieces of ${(init.imageBytes / init.pieces / 1024).toFixed(0)} KiB`
@@ -66,6 +82,7 @@ async function main(): Promise<void> {
     protocol = await runProtocolScenario(scenario, {
       signal,
       onProgress: (line) => log(`  ${line}`),
+      keepFiles: values.keep,
       onAgentsReady: () => cpu.mark()
     })
   } finally {
@@ -94,7 +111,8 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     scenario: scenario.name,
     scenarioFile: path,
-    scenarioJson: JSON.parse(await readFile(path, 'utf8')) as unknown,
+    nodes: scenario.topology.nodes,
+    modelInit: init,
     imageBytes: F,
     tMinSeconds: protocol.tMin,
     agreement: rows.agreement,
@@ -117,15 +135,17 @@ async function main(): Promise<void> {
       drops: protocol.drops,
       timeline: protocol.timeline,
       setupSeconds: protocol.setupSeconds,
+      cpuSeconds: protocol.cpu,
       ignoredSettings: protocol.shape.ignored
     },
     cpuPercent: load
   }
-  await writeFile(new URL('model-vs-protocol.json', OUT), `${JSON.stringify(result, null, 2)}\n`)
+  const name = nodes === undefined ? 'model-vs-protocol' : `model-vs-protocol-n${nodes}`
+  await writeFile(new URL(`${name}.json`, OUT), `${JSON.stringify(result, null, 2)}\n`)
   const modelTimeline = (model as { timeline?: SwarmTimeline }).timeline
   const plots = await writePlots(
     OUT.pathname,
-    'model-vs-protocol',
+    name,
     [
       {
         label: 'model',

@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { accessSync, constants, createWriteStream, type WriteStream } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 
 /** Kept in memory from a process's output, for error messages. */
 const TAIL_BYTES = 16 * 1024
@@ -86,6 +87,19 @@ export function spawnInNetns(
       return stopping
     }
   }
+}
+
+/** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on Linux x86 and arm). */
+const USER_HZ = 100
+
+/** CPU seconds (user and system) process `pid` has used so far; 0 when it is gone. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  const utime = Number(fields[11] ?? 0)
+  const stime = Number(fields[12] ?? 0)
+  return Number.isFinite(utime + stime) ? (utime + stime) / USER_HZ : 0
 }
 
 function executable(path: string): boolean {

@@ -4,6 +4,7 @@
  * after, so only what the pulls moved is counted.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
+import { cpuSeconds } from '../netns/process.ts'
 import type { StarNetwork } from '../netns/star.ts'
 import { type EgressCounters, egressCounters, payloadBytes } from '../netns/tc.ts'
 import { TimelineRecorder } from '../timeline.ts'
@@ -24,6 +25,7 @@ export interface CrowdFigures {
     | 'fromPeers'
     | 'drops'
     | 'timeline'
+    | 'cpu'
   >
   digests: string[]
 }
@@ -31,6 +33,7 @@ export interface CrowdFigures {
 /** Every node pulls at its arrival time; the registry's counter is sampled meanwhile. */
 export async function crowd(
   agents: NetnsAgent[],
+  registryPid: number,
   star: StarNetwork,
   reference: string,
   shape: ProtocolShape,
@@ -40,10 +43,14 @@ export async function crowd(
   say: (line: string) => void
 ): Promise<CrowdFigures> {
   const reg = star.registry
+  // The registry's process, then each agent's.
+  const pids = [registryPid, ...agents.map((a) => a.process.pid)]
   const registryCounter = () => egressCounters(iproute, reg.ns, reg.dev, { signal })
   const nodeUp = (i: number) => egressCounters(iproute, star.nodes[i]!.ns, star.nodes[i]!.dev, { signal })
   const nodeDown = (i: number) => egressCounters(iproute, star.names.hub, star.nodes[i]!.hubDev, { signal })
+  const cpu = () => Promise.all(pids.map(cpuSeconds))
   const base = {
+    cpu: await cpu(),
     registry: await registryCounter(),
     up: await Promise.all(agents.map((_, i) => nodeUp(i))),
     down: await Promise.all(agents.map((_, i) => nodeDown(i)))
@@ -95,7 +102,9 @@ export async function crowd(
     await sampler
   }
   await sample(true)
+  const pullSeconds = elapsed()
   const end = {
+    cpu: await cpu(),
     registry: await registryCounter(),
     up: await Promise.all(agents.map((_, i) => nodeUp(i))),
     down: await Promise.all(agents.map((_, i) => nodeDown(i)))
@@ -116,6 +125,11 @@ export async function crowd(
       uploadedPayload: ups.map(payloadBytes),
       downloaded: end.down.map((d, i) => d.bytes - base.down[i]!.bytes),
       fromPeers,
+      cpu: {
+        pullSeconds,
+        registry: (end.cpu[0] ?? 0) - (base.cpu[0] ?? 0),
+        agents: agents.map((_, i) => (end.cpu[i + 1] ?? 0) - (base.cpu[i + 1] ?? 0))
+      },
       drops: {
         registry: reg0.drops,
         up: ups.map((u) => u.drops),

@@ -101,6 +101,11 @@ export interface ProtocolResult {
   drops: { registry: number; up: number[]; down: number[] }
   /** The Kumar-Ross bound max(F/u_s, F/d_min, N F / (u_s + sum u_i)) on the scenario's rates. */
   tMin: number
+  /**
+   * CPU seconds the registry and each agent used while the nodes pulled, and how long that
+   * took: what this machine's cores had to carry.
+   */
+  cpu: { pullSeconds: number; registry: number; agents: number[] }
   /** Completed nodes and registry bytes over time; minReplicas is -1: not observable here. */
   timeline: SwarmTimeline
   manifestDigest: string
@@ -168,7 +173,17 @@ export async function runProtocolScenario(
     const setupSeconds = (clock.now() - started) / 1000
 
     const reference = `${registry.host}/${repository}:latest`
-    const measured = await crowd(agents, star, reference, shape, components, options, signal, say)
+    const measured = await crowd(
+      agents,
+      registry.process.pid,
+      star,
+      reference,
+      shape,
+      components,
+      options,
+      signal,
+      say
+    )
     for (const a of agents) await a.stop()
     await registry.stop()
     for (const [i, d] of measured.digests.entries()) {

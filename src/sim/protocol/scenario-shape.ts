@@ -60,12 +60,16 @@ export function protocolShape(s: Scenario): ProtocolShape {
       : Array.from({ length: n }, () => (spread > 0 ? random() * spread : 0))
   const latency = Number((s.topology as { latency?: unknown }).latency ?? 0)
   const o = s.shoal
+  const uploadSlots = (o as { uploadSlots?: number }).uploadSlots
   const agentConfig: Record<string, unknown> = {
     store: { pieceSize },
-    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } })
+    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } }),
+    ...(uploadSlots !== undefined && { swarm: { uploadSlots } })
   }
-  const mapped = new Set(['registryWindow'])
+  const mapped = new Set(['registryWindow', 'uploadSlots'])
   const ignored = Object.keys(o).filter((k) => !mapped.has(k))
+  const faults = (s as { faults?: Record<string, unknown> }).faults
+  if (faults !== undefined && Object.keys(faults).length > 0) ignored.push('faults (not played here)')
   if (pieceSize !== rawPiece) ignored.push(`pieceSize ${rawPiece} (the agent takes ${pieceSize})`)
   const sumUp = upload.reduce((a, b) => a + b, 0)
   const tMin = Math.max(
