@@ -49,5 +49,8 @@ export const DEFAULT_LVM_VOLUME_SIZE = '10G'
 export const DEFAULT_CLAIM_TTL_MS = 15_000
 /** Without progress for this long, a transfer may take any piece from the registry. */
 export const DEFAULT_SWARM_PATIENCE_MS = 30_000
-/** Members of a blob's swarm that take its pieces from the registry (see `assignRegistryPieces`). */
-export const DEFAULT_REGISTRY_FETCHERS = 4
+/**
+ * Members of a blob's swarm that take its pieces from the registry (see
+ * `assignRegistryPieces`): by default every member it knows.
+ */
+export const DEFAULT_REGISTRY_FETCHERS = Number.POSITIVE_INFINITY

@@ -11,8 +11,8 @@
  *   counts), and that this node owns among the peers it knows on the blob (rendezvous hashing,
  *   so nodes with the same view split the blob before any claim arrives), in order from a random
  *   start: the registry sends each piece about once. Pieces a range read waits for come first.
- *   When the swarm has made no progress for a while (its patience), any piece not in flight may
- *   go to the registry.
+ *   When the swarm has made no progress for a while (its patience), any piece not in flight and
+ *   not freshly claimed may go to the registry.
  */
 
 /** What a peer session offers, as the picker needs it. */
@@ -48,6 +48,8 @@ export interface PickState {
    * on the blob (rendezvous hashing); absent, every piece is. Ignored when impatient.
    */
   owns?: (index: number) => boolean
+  /** How many peers offer piece `index`, when the caller keeps count; absent, counted here. */
+  availability?: (index: number) => number
   random: () => number
 }
 
@@ -67,7 +69,8 @@ export function pickForPeer(peer: PeerView, s: PickState): number | undefined {
   let bestCount = Number.POSITIVE_INFINITY
   for (const i of candidates) {
     let n = 0
-    for (const p of s.peers) if (p.has(i)) n++
+    if (s.availability !== undefined) n = s.availability(i)
+    else for (const p of s.peers) if (p.has(i)) n++
     if (n < bestCount) {
       bestCount = n
       best = [i]
@@ -94,7 +97,11 @@ export function pickForRegistry(s: PickState): number | undefined {
   let bestRank = Number.POSITIVE_INFINITY
   for (const i of s.missing) {
     if (s.inFlight.has(i)) continue
-    if (!s.impatient && (claimedElsewhere(i, s) || (s.owns !== undefined && !s.owns(i)))) continue
+    if (!s.impatient && s.owns !== undefined && !s.owns(i)) continue
+    // A fresh claim holds even an impatient node off: the claimer renews it while its request
+    // is alive, and a second request would only split the registry's bandwidth.
+    if (claimedFresh(i, s)) continue
+    if (!s.impatient && heldByPeer(i, s)) continue
     const rank = (i - s.registryStart + s.count) % s.count
     if (rank < bestRank) {
       bestRank = rank
@@ -104,10 +111,15 @@ export function pickForRegistry(s: PickState): number | undefined {
   return best
 }
 
-/** True when a peer holds piece `i` or has a fresh claim on it. */
-export function claimedElsewhere(i: number, s: PickState): boolean {
+/** True when a peer holds piece `i`. */
+function heldByPeer(i: number, s: PickState): boolean {
+  for (const p of s.peers) if (p.has(i)) return true
+  return false
+}
+
+/** True when a peer has a fresh claim on piece `i`. */
+function claimedFresh(i: number, s: PickState): boolean {
   for (const p of s.peers) {
-    if (p.has(i)) return true
     const since = p.fetchingSince(i)
     if (since !== undefined && s.now - since < s.claimTtlMs) return true
   }

@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto'
 import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
-import { DEFAULT_CLAIM_TTL_MS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
+import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
 import { AbortedError, DigestMismatchError, SizeMismatchError, toShoalError } from '../errors.ts'
@@ -12,8 +12,9 @@ import type { BlobInfo, BlobStore, Lease, PieceInfo, PieceSource } from '../inte
 import type { Upstream } from '../interface/upstream.ts'
 import { shuffle } from '../shuffle.ts'
 import type { BufferPool } from './buffer-pool.ts'
-import { type PickState, pickForPeer, pickForRegistry } from './piece-picker.ts'
+import type { PickState } from './piece-picker.ts'
 import type { PriorityLimit } from './priority-limit.ts'
+import { assignRegistryPieces, planRequests } from './request-plan.ts'
 import type { TokenBucket } from './token-bucket.ts'
 
 /** One signal is shared by every piece request of a transfer: lift the listener warning. */
@@ -64,8 +65,10 @@ export interface BlobTransferInit {
   peerRequestTimeoutMs?: number
   /** How long a peer's `fetching` claim keeps this node off the piece. Default 15 s. */
   claimTtlMs?: number
-  /** Without progress for this long, the registry may take any piece. Default 30 s. */
+  /** Without progress for this long, the registry may take any unclaimed piece. Default 30 s. */
   swarmPatienceMs?: number
+  /** Members of the swarm that take pieces from the registry. Default: every member known. */
+  registryFetchers?: number
   /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
   priority?: number
 }
@@ -121,6 +124,7 @@ export class BlobTransfer implements LiveBlob {
   readonly #peerRequestTimeoutMs: number
   readonly #claimTtlMs: number
   readonly #patienceMs: number
+  readonly #registryFetchers: number
   readonly #rank: number
   readonly #registryStart: number
   /** Held pieces: index to hash. */
@@ -177,6 +181,7 @@ export class BlobTransfer implements LiveBlob {
     this.#peerRequestTimeoutMs = init.peerRequestTimeoutMs ?? 30_000
     this.#claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
     this.#patienceMs = init.swarmPatienceMs ?? DEFAULT_SWARM_PATIENCE_MS
+    this.#registryFetchers = init.registryFetchers ?? DEFAULT_REGISTRY_FETCHERS
     this.#rank = init.priority ?? 0
     this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (let i = 0; i < this.count; i++) this.#missing.add(i)
@@ -363,35 +368,27 @@ export class BlobTransfer implements LiveBlob {
     }
     this.#yieldToLowerClaims(sessions, now)
     this.#renewClaims(now)
-    let peerFlights = 0
-    for (const n of this.#peerLoad.values()) peerFlights += n
-    for (const s of shuffle(sessions)) {
-      while ((this.#peerLoad.get(s.peerId) ?? 0) < this.#peerDepth && peerFlights < this.#maxPeerFlights) {
-        const i = pickForPeer(s, state)
-        if (i === undefined) break
-        this.#launch(i, s)
-        peerFlights++
-        state.inFlight = this.#inFlightSources()
-      }
-    }
-    const starving = sessions.every((s) => (this.#peerLoad.get(s.peerId) ?? 0) === 0)
-    const members = this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId)
-    // The registry's pieces are split among the peers known on the blob (see `#owns`); a node
-    // with nothing to do from peers may take any piece nobody holds or claims.
-    if (!starving) state.owns = this.#owns(members)
-    while (this.#registryLoad < this.#registryWindow()) {
-      // Pieces a range read waits for are trusted only from the registry: take them there.
-      const i = pickForRegistry(state)
-      if (i === undefined) break
-      this.#launch(i, undefined)
-      state.inFlight = this.#inFlightSources()
-    }
+    const plan = planRequests({
+      state,
+      sessions: shuffle(sessions),
+      peerLoad: (s) => this.#peerLoad.get(s.peerId) ?? 0,
+      peerDepth: this.#peerDepth,
+      maxPeerFlights: this.#maxPeerFlights,
+      registryLoad: this.#registryLoad,
+      registryWindow: this.#registryWindow(),
+      // The registry's pieces are split among the peers known on the blob (see `#owns`); a
+      // node with nothing to do from peers may take any piece nobody holds or claims.
+      owns: () => this.#owns(this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId)),
+      starvingTakesAny: true
+    })
+    for (const r of plan.requests) this.#launch(r.index, r.peer)
   }
 
   /**
-   * Which pieces this node is the one to take from the registry among itself and `members`:
-   * the member with the highest hash of (blob, piece, peer id). Nodes that know the same members
-   * split the blob the same way before any claim reaches them. Recomputed when members change.
+   * Which pieces this node is the one to take from the registry among itself and `members`
+   * (`assignRegistryPieces`: of the `registryFetchers` members ranked highest for the blob, the
+   * one with the highest hash of (blob, piece, peer id)). Nodes that know the same members split
+   * the blob the same way before any claim reaches them. Recomputed when members change.
    */
   #owns(members: readonly string[]): ((index: number) => boolean) | undefined {
     const self = this.#c.peers?.localPeerId
@@ -399,19 +396,14 @@ export class BlobTransfer implements LiveBlob {
     const all = [...new Set([self, ...members])].sort()
     const key = all.join(' ')
     if (this.#owners?.key !== key) {
-      const owner: string[] = []
-      for (let i = 0; i < this.count; i++) {
-        let best = ''
-        let bestScore = ''
-        for (const id of all) {
-          const score = createHash('sha256').update(`${this.digest} ${i} ${id}`).digest('hex')
-          if (score > bestScore) {
-            bestScore = score
-            best = id
-          }
-        }
-        owner.push(best)
-      }
+      const hash = (text: string) => createHash('sha256').update(text).digest('hex')
+      const owner = assignRegistryPieces(
+        all,
+        this.count,
+        this.#registryFetchers,
+        (id) => hash(`${this.digest} ${id}`),
+        (id, i) => hash(`${this.digest} ${i} ${id}`)
+      )
       this.#owners = { key, owner }
     }
     const owner = this.#owners.owner

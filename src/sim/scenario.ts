@@ -55,7 +55,9 @@ export const scenarioSchema = z
         /** Each node's upload rate per second: one size for all, or one per node. */
         upload: rates(),
         download: rates(),
-        registryUpload: size()
+        registryUpload: size(),
+        /** One-way latency of every link (s): HAVEs and claims take this long to arrive. */
+        latency: seconds().optional()
       })
       .strict(),
     image: z
@@ -76,7 +78,31 @@ export const scenarioSchema = z
         maxPeerFlights: z.number().int().positive().optional(),
         registryWindow: z.number().int().positive().optional(),
         claimTtl: seconds().optional(),
-        patience: seconds().optional()
+        patience: seconds().optional(),
+        maxPeers: z.number().int().positive().optional(),
+        uploadSlots: z.number().int().positive().optional(),
+        registryFetchers: z.number().int().positive().optional(),
+        starvingTakesAny: z.boolean().optional()
+      })
+      .strict()
+      .default({}),
+    /** Who pulls when: all at 0 by default. */
+    workload: z
+      .object({
+        /** Arrivals spread evenly over this many seconds. */
+        spread: seconds().optional(),
+        /** A rolling update: the nodes pull in `count` waves, `interval` seconds apart. */
+        waves: z.object({ count: z.number().int().positive(), interval: seconds() }).strict().optional()
+      })
+      .strict()
+      .default({}),
+    faults: z
+      .object({
+        churnPerMinute: z.number().min(0).max(1).optional(),
+        churnUntil: seconds().optional(),
+        kill: z.object({ at: seconds(), count: z.number().int().positive() }).strict().optional(),
+        registryDownAfter: z.union([seconds(), z.literal('first-copy')]).optional(),
+        malicious: z.number().int().nonnegative().optional()
       })
       .strict()
       .default({})
@@ -120,10 +146,28 @@ export async function loadScenario(path: string): Promise<Scenario> {
   return parseScenario(json, path)
 }
 
+/** When each node starts its pull, from the scenario's workload (seconds). */
+export function arrivals(s: Scenario): number[] | undefined {
+  const n = s.topology.nodes
+  const { spread, waves } = s.workload
+  if (waves !== undefined) {
+    const per = Math.ceil(n / waves.count)
+    return Array.from({ length: n }, (_, i) => Math.floor(i / per) * waves.interval)
+  }
+  if (spread !== undefined && spread > 0) return Array.from({ length: n }, (_, i) => (spread * i) / n)
+  return undefined
+}
+
 /** The model's init for a scenario. */
 export function scenarioToInit(s: Scenario): SwarmModelInit {
   const pieces = s.image.pieces ?? Math.ceil(s.image.size / s.image.pieceSize!)
   const o = s.shoal
+  const latency = s.topology.latency
+  const at = arrivals(s)
+  const f = s.faults
+  // A DHT lookup walks about log2(N) hops, each a round trip.
+  const lookup =
+    latency === undefined ? undefined : 2 * latency * Math.ceil(Math.log2(Math.max(2, s.topology.nodes)))
   return {
     nodes: s.topology.nodes,
     imageBytes: s.image.size,
@@ -132,8 +176,14 @@ export function scenarioToInit(s: Scenario): SwarmModelInit {
     download: s.topology.download,
     registryUpload: s.topology.registryUpload,
     seed: s.seed,
-    ...(o.lookupDelay !== undefined && { lookupDelay: o.lookupDelay }),
-    ...(o.haveLatency !== undefined && { haveLatency: o.haveLatency }),
+    ...(at !== undefined && { arrivals: at }),
+    ...((o.lookupDelay ?? lookup) !== undefined && { lookupDelay: o.lookupDelay ?? lookup }),
+    ...((o.haveLatency ?? latency) !== undefined && { haveLatency: o.haveLatency ?? latency }),
+    ...(o.maxPeers !== undefined && { maxPeers: o.maxPeers }),
+    ...(o.uploadSlots !== undefined && { uploadSlots: o.uploadSlots }),
+    ...(o.registryFetchers !== undefined && { registryFetchers: o.registryFetchers }),
+    ...(o.starvingTakesAny !== undefined && { starvingTakesAny: o.starvingTakesAny }),
+    ...(Object.keys(f).length > 0 && { faults: f }),
     ...(o.peerDepth !== undefined && { peerDepth: o.peerDepth }),
     ...(o.maxPeerFlights !== undefined && { maxPeerFlights: o.maxPeerFlights }),
     ...(o.registryWindow !== undefined && { registryWindow: o.registryWindow }),

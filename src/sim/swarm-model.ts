@@ -1,17 +1,31 @@
 /**
- * The swarm model: N nodes and a registry on a flow-level network, under a virtual clock. Each
- * node asks for pieces with the real picker (`pickForPeer`, `pickForRegistry`), with a bounded
- * number of requests in flight per peer, among peers and to the registry, as the transfer's pump
- * does. The DHT is modelled as "every node knows every other after a lookup delay"; HAVEs reach
- * every peer after a fixed latency. Seeded: the same init gives the same result.
+ * The swarm model: nodes and a registry on a flow-level network (`flow-network.ts`), under a
+ * virtual clock. Each node schedules its requests with the transfer's own pass
+ * (`planRequests`, which runs the real `pickForPeer` and `pickForRegistry`) and splits the
+ * registry's pieces with the transfer's `assignRegistryPieces`.
+ *
+ * What stands in for the rest of the agent:
+ * - the DHT: a node that arrives spends `lookupDelay` finding the blob's providers (counted as
+ *   α·⌈log2 N⌉ messages per lookup, plus k stores per provide), then connects to up to
+ *   `maxPeers` random members (as the DHT and peer exchange give it), and they to it;
+ * - HAVEs and claims reach a node's neighbours after `haveLatency`; members know which members
+ *   fetch from the registry (as they all rank the same members the same way);
+ * - a peer serves at most `uploadSlots` pieces at once and turns further requests away; the
+ *   requester tries again when a slot frees;
+ * - faults: churn (nodes leave and fresh ones arrive), nodes killed, the registry going down,
+ *   malicious peers that offer every piece and send garbage (caught by the piece hash, and
+ *   banned).
+ * Seeded: the same init gives the same result.
  */
-
-import { DEFAULT_CLAIM_TTL_MS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
-import { type PeerView, type PickState, pickForPeer, pickForRegistry } from '../fetch/piece-picker.ts'
+import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
+import type { PickState } from '../fetch/piece-picker.ts'
+import { assignRegistryPieces, planRequests } from '../fetch/request-plan.ts'
 import { shuffle } from '../shuffle.ts'
 import { EventQueue } from './event-queue.ts'
 import { type Flow, FlowNetwork, type Link } from './flow-network.ts'
 import { mulberry32 } from './random.ts'
+import { SimNode, type Transfer } from './sim-node.ts'
+import { type MessageCounts, type SwarmTimeline, TimelineRecorder } from './timeline.ts'
 
 /** A swarm to simulate; rates in bytes per second, times in seconds. */
 export interface SwarmModelInit {
@@ -24,27 +38,55 @@ export interface SwarmModelInit {
   download: number | readonly number[]
   registryUpload: number
   seed: number
+  /** When each node starts its pull (seconds). Default: all at 0. */
+  arrivals?: readonly number[]
   /** Time from a node's arrival until it knows its peers (the DHT lookup). Default 0. */
   lookupDelay?: number
-  /** Time from a piece's arrival until every peer sees the HAVE. Default 0. */
+  /** Time from a piece's arrival until the neighbours see the HAVE. Default 0. */
   haveLatency?: number
+  /** Neighbours a node connects to (it accepts up to twice as many). Default: everyone. */
+  maxPeers?: number
+  /** Pieces a node uploads at once; further requests are turned away. Default: no limit. */
+  uploadSlots?: number
   /** Requests in flight to one peer. Default 2. */
   peerDepth?: number
   /** Requests in flight to all peers together. Default 8. */
   maxPeerFlights?: number
-  /** Requests in flight to the registry. Default 2. */
+  /** Requests in flight to the registry, per node. Default 2. */
   registryWindow?: number
-  /** How long a `fetching` claim holds other nodes off a piece (ms, as the picker). Default 15 s. */
+  /** Members that take pieces from the registry. Default: all (as the agent). */
+  registryFetchers?: number
+  /** A node with nothing to ask of peers may take any unclaimed piece. Default true (as the agent). */
+  starvingTakesAny?: boolean
+  /** How long a `fetching` claim holds other nodes off a piece (ms, as the picker). */
   claimTtlMs?: number
-  /** Time without a new piece after which the registry may take any piece (s). Default 30 s. */
+  /** Time without a new piece after which the registry may take any unclaimed piece (s). */
   patience?: number
-  /** Called each time a node completes (done so far, all nodes, virtual time): for progress output. */
+  faults?: SwarmFaults
+  /** The mostly-flat lower bound used to space timeline samples; computed when absent. */
+  sampleEvery?: number
+  /** Most flows one change refills in the network model (see `FlowNetworkOptions`). */
+  localLimit?: number
+  /** Called each time a node completes (done so far, all nodes, virtual time): for progress. */
   onNodeDone?: (done: number, total: number, time: number) => void
+}
+
+export interface SwarmFaults {
+  /** Fraction of the nodes that leave per minute, each replaced by a fresh node. */
+  churnPerMinute?: number
+  /** Churn stops at this time (s). Default: 3 T_min. */
+  churnUntil?: number
+  /** Nodes killed (not replaced) at a time. */
+  kill?: { at: number; count: number }
+  /** The registry stops answering at this time (s), or once it has sent every piece once. */
+  registryDownAfter?: number | 'first-copy'
+  /** Nodes that offer every piece and send garbage. */
+  malicious?: number
 }
 
 /** What a run measured. */
 export interface SwarmResult {
-  /** Each node's completion time (seconds from the start). */
+  /** Each node's pull time (seconds from its arrival), for nodes that stayed; Infinity if it never finished. */
   completion: number[]
   /** Bytes the registry sent, counting cancelled partial transfers. */
   registryEgress: number
@@ -54,128 +96,85 @@ export interface SwarmResult {
   tMin: number
   /** Flows started, piece transfers (including endgame duplicates). */
   flows: number
-}
-
-interface Transfer {
-  to: SimNode
-  from: SimNode | undefined
-  piece: number
+  timeline: SwarmTimeline
+  messages: MessageCounts
+  /** Nodes that left or were killed before completing. */
+  departed: number
+  /** Corrupt pieces received from malicious peers (all caught by the piece hash). */
+  corruptPieces: number
+  /** Virtual time at which the run ended. */
+  endedAt: number
 }
 
 const REGISTRY = 'registry'
-
-class SimNode implements PeerView {
-  readonly peerId: string
-  readonly held: Uint8Array
-  /** Pieces whose HAVE has reached the peers. */
-  readonly offered: Uint8Array
-  readonly missing = new Set<number>()
-  readonly flights = new Map<number, Flow<Transfer>[]>()
-  readonly claims = new Map<number, number>()
-  readonly peerLoad = new Map<string, number>()
-  registryLoad = 0
-  joined = false
-  lastProgress = 0
-  completedAt = Number.POSITIVE_INFINITY
-  uploaded = 0
-
-  constructor(
-    readonly index: number,
-    readonly up: Link,
-    readonly down: Link,
-    count: number,
-    readonly registryStart: number,
-    /** The model's clock (ms) and how often a claim is renewed (ms). */
-    readonly now: () => number,
-    readonly renewMs: number
-  ) {
-    this.peerId = `n${index}`
-    this.held = new Uint8Array(count)
-    this.offered = new Uint8Array(count)
-    for (let i = 0; i < count; i++) this.missing.add(i)
-  }
-
-  has(index: number): boolean {
-    return this.offered[index] === 1
-  }
-
-  fetchingSince(index: number): number | undefined {
-    const since = this.claims.get(index)
-    if (since === undefined) return undefined
-    // The transfer renews its claim every third of the claim time while the piece is on its
-    // way: seen from a peer, the claim is never older than that.
-    if ((this.flights.get(index)?.length ?? 0) > 0) return Math.max(since, this.now() - this.renewMs)
-    return since
-  }
-
-  get peerFlights(): number {
-    let n = 0
-    for (const v of this.peerLoad.values()) n += v
-    return n
-  }
-}
+/** Kademlia's parallelism and replication, for counting DHT messages. */
+const DHT_ALPHA = 3
+const DHT_K = 20
 
 /** Runs the swarm to completion and returns what it measured. */
 export function runSwarmModel(init: SwarmModelInit): SwarmResult {
   return new SwarmModel(init).run()
 }
 
+/** The lower bound T_min = max(F/u_s, F/d_min, N·F/(u_s + Σu_i)) for `init`. */
+export function lowerBound(init: SwarmModelInit): number {
+  const n = init.nodes
+  const f = init.imageBytes
+  let sumUp = 0
+  let minDown = Number.POSITIVE_INFINITY
+  for (let i = 0; i < n; i++) {
+    sumUp += rate(init.upload, i)
+    minDown = Math.min(minDown, rate(init.download, i))
+  }
+  return Math.max(f / init.registryUpload, f / minDown, (n * f) / (init.registryUpload + sumUp))
+}
+
 class SwarmModel {
   readonly #init: SwarmModelInit
   readonly #random: () => number
   readonly #queue = new EventQueue()
-  readonly #net = new FlowNetwork<Transfer>()
+  readonly #net: FlowNetwork<Transfer>
   readonly #nodes: SimNode[] = []
   readonly #registryUp: Link
   readonly #pieceBytes: number
-  readonly #owner: number[] = []
+  readonly #tMin: number
+  readonly #recorder: TimelineRecorder
+  /** Replicas of each piece among the nodes present (not counting malicious ones). */
+  readonly #replicas: Int32Array
+  readonly #sentByRegistry: Uint8Array
+  #sentOnce = 0
+  #owner: SimNode[] | undefined
+  #registryOn = true
   #registryEgress = 0
   #flows = 0
-  #unfinished: number
+  #corrupt = 0
+  #unfinished = 0
+  #completed = 0
+  #pendingArrivals = 0
 
   constructor(init: SwarmModelInit) {
     this.#init = init
     this.#random = mulberry32(init.seed)
     this.#pieceBytes = init.imageBytes / init.pieces
     this.#registryUp = { name: 'registry.up', capacity: init.registryUpload }
-    for (let n = 0; n < init.nodes; n++) {
-      const up = { name: `n${n}.up`, capacity: rate(init.upload, n) }
-      const down = { name: `n${n}.down`, capacity: rate(init.download, n) }
-      const start = Math.floor(this.#random() * init.pieces)
-      const renewMs = (init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS) / 3
-      this.#nodes.push(new SimNode(n, up, down, init.pieces, start, () => this.#queue.now * 1000, renewMs))
-    }
-    // Rendezvous hashing over all nodes: every node knows the same members, so one owner each.
-    for (let i = 0; i < init.pieces; i++) {
-      let best = 0
-      let bestHash = -1
-      for (let n = 0; n < init.nodes; n++) {
-        const h = mix(init.seed, n, i)
-        if (h > bestHash) {
-          bestHash = h
-          best = n
-        }
-      }
-      this.#owner.push(best)
-    }
-    this.#unfinished = init.nodes
+    this.#net = new FlowNetwork<Transfer>({ localLimit: init.localLimit ?? 512 })
+    this.#tMin = lowerBound(init)
+    this.#recorder = new TimelineRecorder(init.sampleEvery ?? this.#tMin / 100)
+    this.#replicas = new Int32Array(init.pieces)
+    this.#sentByRegistry = new Uint8Array(init.pieces)
+    for (let n = 0; n < init.nodes; n++) this.#addNode(rate(init.upload, n), rate(init.download, n))
+    const bad = Math.min(init.faults?.malicious ?? 0, init.nodes - 1)
+    for (const node of shuffle(this.#nodes, this.#random).slice(0, bad)) node.malicious = true
   }
 
   run(): SwarmResult {
-    const lookup = this.#init.lookupDelay ?? 0
-    for (const node of this.#nodes) {
-      this.#queue.schedule(lookup, () => {
-        node.joined = true
-        node.lastProgress = this.#queue.now
-        this.#pump(node)
-      })
-    }
-    while (this.#unfinished > 0) {
+    const init = this.#init
+    for (const node of this.#nodes) this.#arrive(node, init.arrivals?.[node.index] ?? 0)
+    this.#scheduleFaults()
+    while (this.#unfinished > 0 || this.#pendingArrivals > 0) {
       const tNet = this.#net.nextCompletion()
       const tEv = this.#queue.peekTime()
-      if (tNet === Number.POSITIVE_INFINITY && tEv === Number.POSITIVE_INFINITY) {
-        throw new Error(`swarm model stalled with ${this.#unfinished} nodes unfinished`)
-      }
+      if (tNet === Number.POSITIVE_INFINITY && tEv === Number.POSITIVE_INFINITY) break
       if (tNet <= tEv) {
         this.#queue.now = tNet
         for (const f of this.#net.advance(tNet)) this.#landed(f)
@@ -184,115 +183,295 @@ class SwarmModel {
         this.#queue.pop()?.()
       }
     }
-    const n = this.#init.nodes
-    const f = this.#init.imageBytes
-    const uploads = this.#nodes.map((x) => x.up.capacity)
-    const minDown = Math.min(...this.#nodes.map((x) => x.down.capacity))
-    const sumUp = uploads.reduce((a, b) => a + b, 0)
+    const now = this.#queue.now
+    this.#sample(true)
+    const stayed = this.#nodes.filter((x) => !x.left && !x.malicious)
     return {
-      completion: this.#nodes.map((x) => x.completedAt),
+      completion: stayed.map((x) => x.completedAt - x.arrival),
       registryEgress: this.#registryEgress,
-      uploaded: this.#nodes.map((x) => x.uploaded),
-      tMin: Math.max(
-        f / this.#init.registryUpload,
-        f / minDown,
-        (n * f) / (this.#init.registryUpload + sumUp)
-      ),
-      flows: this.#flows
+      uploaded: stayed.map((x) => x.uploaded),
+      tMin: this.#tMin,
+      flows: this.#flows,
+      timeline: this.#recorder.timeline,
+      messages: { dht: stayed.map((x) => x.dhtMessages), control: stayed.map((x) => x.controlMessages) },
+      departed: this.#nodes.filter((x) => x.left && !x.done).length,
+      corruptPieces: this.#corrupt,
+      endedAt: now
     }
+  }
+
+  #addNode(up: number, down: number): SimNode {
+    const index = this.#nodes.length
+    const renewMs = (this.#init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS) / 3
+    const node = new SimNode(
+      index,
+      { name: `n${index}.up`, capacity: up },
+      { name: `n${index}.down`, capacity: down },
+      this.#init.pieces,
+      Math.floor(this.#random() * this.#init.pieces),
+      () => this.#queue.now * 1000,
+      renewMs
+    )
+    this.#nodes.push(node)
+    return node
+  }
+
+  /** `node` starts its pull at `at`: a DHT provide and lookup, then it joins the swarm. */
+  #arrive(node: SimNode, at: number): void {
+    this.#pendingArrivals++
+    this.#queue.schedule(at, () => {
+      this.#pendingArrivals--
+      if (node.left) return
+      node.arrival = this.#queue.now
+      if (!node.malicious) this.#unfinished++
+      node.dhtMessages += 2 * DHT_ALPHA * Math.ceil(Math.log2(Math.max(2, this.#init.nodes))) + DHT_K
+      this.#queue.schedule(this.#queue.now + this.#lookupDelay(), () => this.#join(node))
+    })
+  }
+
+  #lookupDelay(): number {
+    return this.#init.lookupDelay ?? 0
+  }
+
+  #join(node: SimNode): void {
+    if (node.left) return
+    const max = this.#init.maxPeers ?? Number.POSITIVE_INFINITY
+    const members = this.#nodes.filter((x) => x.joined && !x.left && x.neighbours.size < 2 * max)
+    for (const peer of shuffle(members, this.#random).slice(0, max)) node.connect(peer)
+    node.joined = true
+    node.lastProgress = this.#queue.now
+    node.controlMessages += node.neighbours.size
+    this.#owner = undefined
+    if (node.malicious) {
+      for (let i = 0; i < this.#init.pieces; i++) node.offer(i)
+    }
+    // After every node joining now has joined: then the members are known.
+    this.#queue.schedule(this.#queue.now, () => {
+      this.#pump(node)
+      for (const peer of node.neighbours) this.#pump(peer, node)
+    })
+    this.#watch(node)
+  }
+
+  #leave(node: SimNode): void {
+    if (node.left) return
+    node.left = true
+    if (node.joined && !node.done && !node.malicious) this.#unfinished--
+    if (!node.malicious)
+      for (let i = 0; i < this.#init.pieces; i++)
+        if (node.held[i]) this.#replicas[i] = (this.#replicas[i] ?? 1) - 1
+    this.#owner = undefined
+    const touched = new Set<SimNode>()
+    for (const flow of this.#net.flowsOf(node.up).concat(this.#net.flowsOf(node.down))) {
+      this.#net.cancel(flow)
+      this.#account(flow)
+      this.#settle(flow)
+      touched.add(flow.tag.to)
+    }
+    for (const peer of [...node.neighbours]) {
+      node.disconnect(peer)
+      touched.add(peer)
+    }
+    touched.delete(node)
+    for (const peer of touched) this.#pump(peer)
+  }
+
+  #scheduleFaults(): void {
+    const f = this.#init.faults
+    if (f === undefined) return
+    if (f.churnPerMinute !== undefined && f.churnPerMinute > 0) {
+      const perSecond = (f.churnPerMinute * this.#init.nodes) / 60
+      const until = f.churnUntil ?? 3 * this.#tMin
+      let t = 0
+      for (;;) {
+        t += -Math.log(1 - this.#random()) / perSecond
+        if (t > until) break
+        this.#queue.schedule(t, () => this.#churn())
+      }
+    }
+    if (f.kill !== undefined) {
+      const { at, count } = f.kill
+      this.#queue.schedule(at, () => {
+        const alive = this.#nodes.filter((x) => !x.left && !x.malicious)
+        for (const node of shuffle(alive, this.#random).slice(0, count)) this.#leave(node)
+      })
+    }
+    if (typeof f.registryDownAfter === 'number') {
+      this.#queue.schedule(f.registryDownAfter, () => this.#registryDown())
+    }
+  }
+
+  /** One node leaves and a fresh one with the same links arrives. */
+  #churn(): void {
+    if (this.#unfinished === 0) return
+    const alive = this.#nodes.filter((x) => !x.left && !x.malicious)
+    const gone = alive[Math.floor(this.#random() * alive.length)]
+    if (gone === undefined) return
+    this.#leave(gone)
+    this.#arrive(this.#addNode(gone.up.capacity, gone.down.capacity), this.#queue.now)
+  }
+
+  #registryDown(): void {
+    if (!this.#registryOn) return
+    this.#registryOn = false
+    for (const flow of this.#net.flowsOf(this.#registryUp)) {
+      this.#net.cancel(flow)
+      this.#account(flow)
+      this.#settle(flow)
+      this.#pump(flow.tag.to)
+    }
+  }
+
+  /** Checks `node` again once its patience may have run out. */
+  #watch(node: SimNode): void {
+    const epoch = ++node.progressEpoch
+    const patience = this.#init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000
+    this.#queue.schedule(this.#queue.now + patience * 1.0001, () => {
+      if (node.progressEpoch === epoch && !node.left && !node.done) this.#pump(node)
+    })
+  }
+
+  /** Counts the bytes a flow moved before it was cancelled. */
+  #account(flow: Flow<Transfer>): void {
+    const sent = flow.bytes - flow.remaining
+    if (flow.tag.from === undefined) this.#registryEgress += sent
+    else flow.tag.from.uploaded += sent
   }
 
   #landed(flow: Flow<Transfer>): void {
     const { to, from, piece } = flow.tag
     const now = this.#queue.now
     this.#settle(flow)
-    if (from === undefined) this.#registryEgress += this.#pieceBytes
-    else from.uploaded += this.#pieceBytes
-    if (to.held[piece] === 1) return
+    if (from === undefined) {
+      this.#registryEgress += this.#pieceBytes
+      if (this.#sentByRegistry[piece] === 0) {
+        this.#sentByRegistry[piece] = 1
+        if (++this.#sentOnce === this.#init.pieces && this.#init.faults?.registryDownAfter === 'first-copy')
+          this.#registryDown()
+      }
+    } else {
+      from.uploaded += this.#pieceBytes
+      this.#wake(from)
+    }
+    if (from?.malicious) {
+      // The piece hash catches it: the node drops the piece and stops asking that peer.
+      this.#corrupt++
+      to.banned.add(from)
+      this.#pump(to)
+      return
+    }
+    if (to.held[piece] === 1 || to.left) {
+      this.#pump(to)
+      return
+    }
     to.held[piece] = 1
     to.missing.delete(piece)
+    this.#replicas[piece] = (this.#replicas[piece] ?? 0) + 1
     to.lastProgress = now
+    this.#watch(to)
     // Endgame duplicates of this piece are no longer needed.
     for (const other of [...(to.flights.get(piece) ?? [])]) {
       this.#net.cancel(other)
+      this.#account(other)
       this.#settle(other)
-      const sent = this.#pieceBytes - other.remaining
-      if (other.tag.from === undefined) this.#registryEgress += sent
-      else other.tag.from.uploaded += sent
+      if (other.tag.from !== undefined) this.#wake(other.tag.from)
     }
-    to.flights.delete(piece)
-    if (to.missing.size === 0) {
+    if (to.done) {
       to.completedAt = now
       this.#unfinished--
-      this.#init.onNodeDone?.(this.#init.nodes - this.#unfinished, this.#init.nodes, now)
+      this.#completed++
+      this.#init.onNodeDone?.(this.#completed, this.#init.nodes, now)
     }
+    this.#sample(false)
     this.#queue.schedule(now + (this.#init.haveLatency ?? 0), () => {
-      to.offered[piece] = 1
+      if (to.left) return
+      to.offer(piece)
       // The claim holds until the HAVE is out, so no one takes the piece from the registry between.
       to.claims.delete(piece)
-      for (const peer of this.#nodes) {
-        if (peer !== to && peer.joined && !peer.held[piece]) this.#pump(peer, to)
-      }
+      to.controlMessages += to.neighbours.size
+      for (const peer of to.neighbours) if (!peer.held[piece]) this.#pump(peer, to)
     })
     this.#pump(to)
   }
 
-  /** Forgets `flow` in its receiver's books. */
+  /** A slot of `uploader` freed: the neighbours it turned away may ask again. */
+  #wake(uploader: SimNode): void {
+    if (uploader.waiters.size === 0) return
+    const waiting = [...uploader.waiters]
+    uploader.waiters.clear()
+    for (const w of waiting) this.#pump(w, uploader)
+  }
+
+  /** Forgets `flow` in its receiver's and sender's books. */
   #settle(flow: Flow<Transfer>): void {
     const { to, from, piece } = flow.tag
     const list = to.flights.get(piece)
     if (list !== undefined) {
       const k = list.indexOf(flow)
       if (k >= 0) list.splice(k, 1)
-      if (list.length === 0) to.flights.delete(piece)
+      if (list.length === 0) {
+        to.flights.delete(piece)
+        to.sources.delete(piece)
+      } else to.sources.set(piece, list.map(sourceOf))
     }
     if (from === undefined) to.registryLoad--
-    else to.peerLoad.set(from.peerId, (to.peerLoad.get(from.peerId) ?? 1) - 1)
+    else {
+      to.peerLoad.set(from, (to.peerLoad.get(from) ?? 1) - 1)
+      from.uploading--
+    }
   }
 
-  /** Starts as many requests as `node` may; only from `only` when just its HAVE changed. */
+  #owners(): SimNode[] {
+    if (this.#owner === undefined) {
+      const members = this.#nodes.filter((x) => x.joined && !x.left && !x.malicious)
+      const seed = this.#init.seed
+      this.#owner = assignRegistryPieces(
+        members,
+        this.#init.pieces,
+        this.#init.registryFetchers ?? DEFAULT_REGISTRY_FETCHERS,
+        (m) => mix(seed, m.index, -1),
+        (m, i) => mix(seed, m.index, i)
+      )
+    }
+    return this.#owner
+  }
+
+  /** Starts as many requests as `node` may; only to `only` when just its offer changed. */
   #pump(node: SimNode, only?: SimNode): void {
-    if (!node.joined || node.missing.size === 0) return
+    if (!node.joined || node.left || node.done || node.malicious) return
     const init = this.#init
-    const depth = init.peerDepth ?? 2
-    const maxPeer = init.maxPeerFlights ?? 8
-    const window = init.registryWindow ?? 2
-    let peerFlights = node.peerFlights
-    if (peerFlights >= maxPeer && node.registryLoad >= window) return
     const nowMs = this.#queue.now * 1000
-    const peers = this.#nodes.filter((p) => p !== node)
+    const peers = [...node.neighbours].filter((p) => !node.banned.has(p))
+    const owner = this.#owners()
     const state: PickState = {
       missing: node.missing,
-      inFlight: sources(node),
+      inFlight: node.sources,
       priority: [],
-      heldCount: node.missing.size === init.pieces ? 0 : init.pieces - node.missing.size,
+      heldCount: init.pieces - node.missing.size,
       count: init.pieces,
       peers,
       now: nowMs,
       claimTtlMs: init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS,
       impatient: this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000),
       registryStart: node.registryStart,
+      availability: (i) => node.availability[i] ?? 0,
       random: this.#random
     }
-    const sessions = only === undefined ? shuffle(peers, this.#random) : [only]
-    for (const s of sessions) {
-      if (peerFlights >= maxPeer) break
-      while ((node.peerLoad.get(s.peerId) ?? 0) < depth && peerFlights < maxPeer) {
-        const i = pickForPeer(s, state)
-        if (i === undefined) break
-        this.#launch(node, i, s)
-        peerFlights++
-        state.inFlight = sources(node)
-      }
-    }
-    const starving = peers.every((s) => (node.peerLoad.get(s.peerId) ?? 0) === 0)
-    if (!starving) state.owns = (i) => this.#owner[i] === node.index
-    while (node.registryLoad < window) {
-      const i = pickForRegistry(state)
-      if (i === undefined) break
-      this.#launch(node, i, undefined)
-      state.inFlight = sources(node)
-    }
+    const slots = init.uploadSlots ?? Number.POSITIVE_INFINITY
+    const plan = planRequests({
+      state,
+      sessions: only === undefined ? shuffle(peers, this.#random) : node.banned.has(only) ? [] : [only],
+      peerLoad: (p) => node.peerLoad.get(p) ?? 0,
+      capacity: (p) => slots - p.uploading,
+      peerDepth: init.peerDepth ?? 2,
+      maxPeerFlights: init.maxPeerFlights ?? 8,
+      registryLoad: node.registryLoad,
+      registryWindow: this.#registryOn ? (init.registryWindow ?? 2) : 0,
+      owns: () => (i) => owner[i] === node,
+      starvingTakesAny: init.starvingTakesAny ?? true
+    })
+    for (const p of plan.blocked) p.waiters.add(node)
+    for (const r of plan.requests) this.#launch(node, r.index, r.peer)
   }
 
   #launch(node: SimNode, piece: number, from: SimNode | undefined): void {
@@ -305,21 +484,29 @@ class SwarmModel {
       node.flights.set(piece, list)
     }
     list.push(flow)
-    if (!node.claims.has(piece)) node.claims.set(piece, this.#queue.now * 1000)
-    if (from === undefined) node.registryLoad++
-    else node.peerLoad.set(from.peerId, (node.peerLoad.get(from.peerId) ?? 0) + 1)
+    node.sources.set(piece, list.map(sourceOf))
+    node.controlMessages++
+    if (from === undefined) {
+      node.registryLoad++
+      if (!node.claims.has(piece)) {
+        node.claims.set(piece, this.#queue.now * 1000)
+        node.controlMessages += node.neighbours.size
+      }
+    } else {
+      node.peerLoad.set(from, (node.peerLoad.get(from) ?? 0) + 1)
+      from.uploading++
+    }
+  }
+
+  #sample(force: boolean): void {
+    let min = Number.POSITIVE_INFINITY
+    for (const r of this.#replicas) min = Math.min(min, r)
+    this.#recorder.sample(this.#queue.now, this.#completed, this.#registryEgress, min, force)
   }
 }
 
-function sources(node: SimNode): Map<number, string[]> {
-  const out = new Map<number, string[]>()
-  for (const [i, flows] of node.flights) {
-    out.set(
-      i,
-      flows.map((f) => f.tag.from?.peerId ?? REGISTRY)
-    )
-  }
-  return out
+function sourceOf(f: Flow<Transfer>): string {
+  return f.tag.from?.peerId ?? REGISTRY
 }
 
 function rate(r: number | readonly number[], n: number): number {
@@ -331,7 +518,7 @@ function rate(r: number | readonly number[], n: number): number {
 
 /** A 32-bit hash of (seed, node, piece) for rendezvous hashing. */
 function mix(seed: number, node: number, piece: number): number {
-  let h = (seed ^ Math.imul(node + 1, 0x9e3779b1) ^ Math.imul(piece + 1, 0x85ebca77)) >>> 0
+  let h = (seed ^ Math.imul(node + 1, 0x9e3779b1) ^ Math.imul(piece + 2, 0x85ebca77)) >>> 0
   h = Math.imul(h ^ (h >>> 16), 0x7feb352d)
   h = Math.imul(h ^ (h >>> 15), 0x846ca68b)
   return (h ^ (h >>> 16)) >>> 0

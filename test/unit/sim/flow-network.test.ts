@@ -118,3 +118,27 @@ describe('mulberry32', () => {
     for (const x of xs) assert.ok(x >= 0 && x < 1)
   })
 })
+
+describe('FlowNetwork local refill', () => {
+  it('gives every flow the rate a full max-min refill gives, as flows come and go', () => {
+    const random = mulberry32(3)
+    const ups = Array.from({ length: 12 }, (_, i) => link(`u${i}`, 1 + Math.floor(random() * 4)))
+    const downs = Array.from({ length: 12 }, (_, i) => link(`d${i}`, 1 + Math.floor(random() * 8)))
+    const local = new FlowNetwork<number>()
+    const exact = new FlowNetwork<number>({ localLimit: Number.POSITIVE_INFINITY })
+    const pairs: Array<[ReturnType<typeof local.start>, ReturnType<typeof exact.start>]> = []
+    let worst = 0
+    for (let step = 0; step < 300; step++) {
+      if (pairs.length > 0 && random() < 0.4) {
+        const [a, b] = pairs.splice(Math.floor(random() * pairs.length), 1)[0]!
+        local.cancel(a)
+        exact.cancel(b)
+      } else {
+        const links = [ups[Math.floor(random() * 12)]!, downs[Math.floor(random() * 12)]!]
+        pairs.push([local.start(links, 1e9, step), exact.start(links, 1e9, step)])
+      }
+      for (const [a, b] of pairs) worst = Math.max(worst, Math.abs(a.rate - b.rate) / b.rate)
+    }
+    assert.ok(worst < 0.01, `largest rate difference ${worst}`)
+  })
+})

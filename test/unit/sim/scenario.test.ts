@@ -13,7 +13,22 @@ const MiB = 1024 * 1024
 describe('scenario files', () => {
   it('every shipped scenario validates, under its file name', async () => {
     const files = (await readdir(scenarios)).filter((f) => f.endsWith('.json'))
-    assert.ok(files.includes('flash-crowd-32.json') && files.includes('flash-crowd-100.json'))
+    // The scenarios the simulator ships (see simulations/README.md).
+    for (const name of [
+      'flash-crowd-10',
+      'flash-crowd-100',
+      'flash-crowd-1000',
+      'flash-crowd-10000',
+      'rolling-update',
+      'heterogeneous-links',
+      'churn-1',
+      'churn-5',
+      'churn-20',
+      'registry-throttled',
+      'registry-down',
+      'malicious-peer'
+    ])
+      assert.ok(files.includes(`${name}.json`), name)
     for (const f of files) {
       const s = await loadScenario(join(scenarios, f))
       assert.equal(`${s.name}.json`, f)
@@ -109,5 +124,39 @@ describe('simulate', () => {
     } finally {
       await rm(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('scenario workloads and faults', () => {
+  const base = {
+    name: 'w',
+    seed: 1,
+    topology: { nodes: 10, upload: '1MiB', download: '1MiB', registryUpload: '1MiB', latency: 0.01 },
+    image: { size: '8MiB', pieces: 8 }
+  }
+
+  it('turns waves, spread and latency into arrivals, a lookup delay and HAVE latency', () => {
+    const waves = scenarioToInit(parseScenario({ ...base, workload: { waves: { count: 5, interval: 20 } } }))
+    assert.deepEqual(waves.arrivals, [0, 0, 20, 20, 40, 40, 60, 60, 80, 80])
+    assert.equal(waves.haveLatency, 0.01)
+    // log2(10) rounds up to 4 hops, each a round trip.
+    assert.equal(waves.lookupDelay, 0.08)
+    const spread = scenarioToInit(parseScenario({ ...base, workload: { spread: 10 } }))
+    assert.deepEqual(spread.arrivals?.slice(0, 3), [0, 1, 2])
+  })
+
+  it('passes faults through and refuses bad ones by path', () => {
+    const init = scenarioToInit(
+      parseScenario({ ...base, faults: { registryDownAfter: 'first-copy', malicious: 1 } })
+    )
+    assert.deepEqual(init.faults, { registryDownAfter: 'first-copy', malicious: 1 })
+    assert.throws(
+      () => parseScenario({ ...base, faults: { churnPerMinute: 3 } }),
+      (e: Error) => e instanceof ScenarioInvalidError && /faults\.churnPerMinute/.test(e.message)
+    )
+    assert.throws(
+      () => parseScenario({ ...base, faults: { registryDownAfter: 'later' } }),
+      (e: Error) => e instanceof ScenarioInvalidError && /faults\.registryDownAfter/.test(e.message)
+    )
   })
 })

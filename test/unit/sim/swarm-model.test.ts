@@ -1,65 +1,107 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { runSwarmModel, type SwarmModelInit } from '../../../src/sim/swarm-model.ts'
+import { lowerBound, runSwarmModel, type SwarmModelInit } from '../../../src/sim/swarm-model.ts'
 
 const MiB = 1024 * 1024
 
-/** A homogeneous flash crowd: every link, the registry's included, at 1 MiB/s. */
+/** A homogeneous flash crowd: uplinks and the registry at 1 MiB/s, downlinks at 4. */
 function crowd(over: Partial<SwarmModelInit> = {}): SwarmModelInit {
   return {
-    nodes: 32,
-    imageBytes: 64 * MiB,
-    pieces: 64,
+    nodes: 24,
+    imageBytes: 32 * MiB,
+    pieces: 32,
     upload: MiB,
-    download: MiB,
+    download: 4 * MiB,
     registryUpload: MiB,
     seed: 1,
-    // Claims and patience longer than the run: the registry sends each piece once.
-    claimTtlMs: 1e12,
-    patience: 1e9,
-    registryWindow: 1,
     ...over
   }
 }
 
-function sorted(xs: readonly number[]): number[] {
-  return [...xs].sort((a, b) => a - b)
+/** The settings that bring the model nearest the theory (see `theory-100.json`). */
+const tuned: Partial<SwarmModelInit> = {
+  uploadSlots: 1,
+  registryFetchers: 2,
+  registryWindow: 1,
+  starvingTakesAny: false
+}
+
+function max(xs: readonly number[]): number {
+  return Math.max(...xs)
 }
 
 describe('runSwarmModel', () => {
-  it('never beats the lower bound, and every node completes', () => {
+  it('never beats the lower bound, and every node completes with every byte accounted for', () => {
     const init = crowd()
     const r = runSwarmModel(init)
-    assert.equal(r.tMin, 64)
-    for (const t of r.completion) {
-      assert.ok(Number.isFinite(t))
-      assert.ok(t >= r.tMin * (1 - 1e-9), `${t} < T_min ${r.tMin}`)
-    }
+    assert.equal(r.tMin, lowerBound(init))
+    assert.equal(r.tMin, 32)
+    for (const t of r.completion) assert.ok(Number.isFinite(t) && t >= r.tMin * (1 - 1e-9), `${t}`)
     const uploaded = r.uploaded.reduce((a, b) => a + b, 0)
-    // Every node got F: from the registry or from peers (endgame duplicates only add).
+    // Every node got F, from the registry or from peers; duplicates only add.
     assert.ok(r.registryEgress + uploaded >= init.nodes * init.imageBytes - 1)
+    assert.equal(r.timeline.completed.at(-1), init.nodes)
+    assert.equal(r.timeline.registryBytes.at(-1), r.registryEgress)
+    assert.equal(r.messages.control.length, init.nodes)
   })
 
-  it('lands within the measured factor of T_min x (1 + log2(N)/M) on homogeneous links', () => {
+  it('comes within the measured factor of T_min x (1 + log2(N)/M) with one upload at a time', () => {
+    // The issue asks for 5 %; the model is not there. Measured on this case: the agent's
+    // settings 2.4x the bound (every node's upload shared by all who want its rarest piece),
+    // one upload slot per node and two registry fetchers 1.2x. This pins both, and that the
+    // second is the better.
     const init = crowd()
-    const r = runSwarmModel(init)
-    const bound = r.tMin * (1 + Math.log2(init.nodes) / init.pieces)
-    const c = sorted(r.completion)
-    const p50 = (c[Math.floor(c.length / 2)] as number) / bound
-    const max = (c[c.length - 1] as number) / bound
-    // Measured: p50 1.82, max 1.87, not the 1.05 the issue asks. With the registry as slow as a
-    // node, every node's registry request shares its uplink at once, so the first pieces land
-    // only after about F/u_s and the peer phase starts late. This pins what the model does.
-    assert.ok(p50 > 1 && p50 < 1.9, `p50/bound ${p50}`)
-    assert.ok(max > 1 && max < 1.95, `max/bound ${max}`)
-    assert.ok(Math.abs(r.registryEgress / init.imageBytes - 1) < 0.01, `egress ${r.registryEgress}`)
+    const bound = lowerBound(init) * (1 + Math.log2(init.nodes) / init.pieces)
+    const agent = max(runSwarmModel(init).completion) / bound
+    const slots = runSwarmModel({ ...init, ...tuned })
+    const best = max(slots.completion) / bound
+    assert.ok(best >= 1 && best < 1.3, `tuned: ${best}`)
+    assert.ok(agent > best * 1.3, `agent settings ${agent} vs tuned ${best}`)
+    assert.ok(Math.abs(slots.registryEgress / init.imageBytes - 1) < 0.01, `egress ${slots.registryEgress}`)
   })
 
   it('gives the same result for the same seed, and another for another seed', () => {
-    const a = runSwarmModel(crowd({ nodes: 16, pieces: 32, imageBytes: 32 * MiB, seed: 7 }))
-    const b = runSwarmModel(crowd({ nodes: 16, pieces: 32, imageBytes: 32 * MiB, seed: 7 }))
-    const c = runSwarmModel(crowd({ nodes: 16, pieces: 32, imageBytes: 32 * MiB, seed: 8 }))
+    const a = runSwarmModel(crowd({ nodes: 12, seed: 7, maxPeers: 4 }))
+    const b = runSwarmModel(crowd({ nodes: 12, seed: 7, maxPeers: 4 }))
+    const c = runSwarmModel(crowd({ nodes: 12, seed: 8, maxPeers: 4 }))
     assert.deepEqual(a, b)
     assert.notDeepEqual(a.completion, c.completion)
+  })
+
+  it('finishes from peers alone when the registry goes down after the first copy', () => {
+    const init = crowd({ ...tuned, faults: { registryDownAfter: 'first-copy' } })
+    const r = runSwarmModel(init)
+    for (const t of r.completion) assert.ok(Number.isFinite(t))
+    // The registry sent each piece once and then nothing more.
+    assert.ok(Math.abs(r.registryEgress / init.imageBytes - 1) < 0.01, `egress ${r.registryEgress}`)
+  })
+
+  it('leaves nodes unfinished, without looping, when the registry dies before every piece is out', () => {
+    const r = runSwarmModel(crowd({ ...tuned, faults: { registryDownAfter: 5 } }))
+    assert.ok(r.completion.every((t) => t === Number.POSITIVE_INFINITY))
+    assert.ok(r.registryEgress <= 5 * MiB + 1)
+  })
+
+  it('catches every piece a malicious peer sends, and the honest nodes still complete', () => {
+    const r = runSwarmModel(crowd({ faults: { malicious: 2 } }))
+    assert.ok(r.corruptPieces > 0, 'the liars were asked')
+    assert.equal(r.completion.length, 22)
+    for (const t of r.completion) assert.ok(Number.isFinite(t))
+  })
+
+  it('replaces churned nodes, and the nodes that stay complete', () => {
+    const r = runSwarmModel(crowd({ maxPeers: 6, faults: { churnPerMinute: 0.2 } }))
+    assert.ok(r.departed > 0, 'some nodes left before completing')
+    assert.equal(r.completion.length, 24)
+    for (const t of r.completion) assert.ok(Number.isFinite(t))
+  })
+
+  it('starts each wave of a rolling update at its time', () => {
+    const arrivals = Array.from({ length: 24 }, (_, i) => (i < 12 ? 0 : 100))
+    const r = runSwarmModel(crowd({ arrivals }))
+    // Completion counts from each node's arrival; the second wave finds the image in the swarm.
+    const second = r.completion.slice(12)
+    const first = r.completion.slice(0, 12)
+    assert.ok(max(second) < Math.min(...first), `${max(second)} vs ${Math.min(...first)}`)
   })
 })

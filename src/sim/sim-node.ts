@@ -1,0 +1,113 @@
+/**
+ * One node of the swarm model: what it holds, what it has in flight, whom it knows, and what it
+ * has sent. It is the `PeerView` its neighbours' schedulers see.
+ */
+import type { PeerView } from '../fetch/piece-picker.ts'
+import type { Flow, Link } from './flow-network.ts'
+
+/** A piece on its way: to `to`, from a peer or (`from` undefined) the registry. */
+export interface Transfer {
+  to: SimNode
+  from: SimNode | undefined
+  piece: number
+}
+
+export class SimNode implements PeerView {
+  readonly peerId: string
+  /** Pieces held (verified). */
+  readonly held: Uint8Array
+  /** Pieces whose HAVE has reached the neighbours. */
+  readonly offered: Uint8Array
+  readonly missing = new Set<number>()
+  readonly flights = new Map<number, Flow<Transfer>[]>()
+  /** Sources of each piece in flight, as the picker reads them. */
+  readonly sources = new Map<number, string[]>()
+  /** When this node claimed each registry piece it is fetching (ms). */
+  readonly claims = new Map<number, number>()
+  /** Requests in flight to each neighbour. */
+  readonly peerLoad = new Map<SimNode, number>()
+  readonly neighbours = new Set<SimNode>()
+  /** How many neighbours offer each piece. */
+  readonly availability: Uint16Array
+  /** Neighbours that wanted a piece of this node while its upload slots were full. */
+  readonly waiters = new Set<SimNode>()
+  /** Peers this node no longer asks (they sent a corrupt piece). */
+  readonly banned = new Set<SimNode>()
+  registryLoad = 0
+  /** Pieces this node is uploading now. */
+  uploading = 0
+  arrival = 0
+  joined = false
+  left = false
+  /** Serves corrupt pieces and offers every piece (a malicious peer). */
+  malicious = false
+  lastProgress = 0
+  /** Bumped on progress: a pending patience check with an older value is void. */
+  progressEpoch = 0
+  completedAt = Number.POSITIVE_INFINITY
+  uploaded = 0
+  dhtMessages = 0
+  controlMessages = 0
+
+  constructor(
+    readonly index: number,
+    readonly up: Link,
+    readonly down: Link,
+    count: number,
+    readonly registryStart: number,
+    /** The model's clock (ms) and how often a claim is renewed (ms). */
+    readonly now: () => number,
+    readonly renewMs: number
+  ) {
+    this.peerId = `n${index}`
+    this.held = new Uint8Array(count)
+    this.offered = new Uint8Array(count)
+    this.availability = new Uint16Array(count)
+    for (let i = 0; i < count; i++) this.missing.add(i)
+  }
+
+  has(index: number): boolean {
+    return this.offered[index] === 1
+  }
+
+  fetchingSince(index: number): number | undefined {
+    const since = this.claims.get(index)
+    if (since === undefined) return undefined
+    // The transfer renews its claim every third of the claim time while the piece is on its
+    // way: seen from a peer, the claim is never older than that.
+    if ((this.flights.get(index)?.length ?? 0) > 0) return Math.max(since, this.now() - this.renewMs)
+    return since
+  }
+
+  get done(): boolean {
+    return this.missing.size === 0
+  }
+
+  /** Starts offering piece `i` to the neighbours (its HAVE reached them). */
+  offer(i: number): void {
+    if (this.offered[i] === 1) return
+    this.offered[i] = 1
+    for (const n of this.neighbours) n.availability[i] = (n.availability[i] ?? 0) + 1
+  }
+
+  connect(other: SimNode): void {
+    if (other === this || this.neighbours.has(other)) return
+    this.neighbours.add(other)
+    other.neighbours.add(this)
+    for (let i = 0; i < this.offered.length; i++) {
+      if (other.offered[i] === 1) this.availability[i] = (this.availability[i] ?? 0) + 1
+      if (this.offered[i] === 1) other.availability[i] = (other.availability[i] ?? 0) + 1
+    }
+  }
+
+  disconnect(other: SimNode): void {
+    if (!this.neighbours.delete(other)) return
+    other.neighbours.delete(this)
+    for (let i = 0; i < this.offered.length; i++) {
+      if (other.offered[i] === 1) this.availability[i] = (this.availability[i] ?? 1) - 1
+      if (this.offered[i] === 1) other.availability[i] = (other.availability[i] ?? 1) - 1
+    }
+    this.waiters.delete(other)
+    other.waiters.delete(this)
+  }
+}
