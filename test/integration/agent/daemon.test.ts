@@ -245,7 +245,7 @@ describe('the agent as a daemon (real processes, the example config)', { timeout
     assert.deepEqual(errorsIn([...first.logs(), ...again.logs()]), [])
   })
 
-  it('is not ready while its swarm has peers to find and has found none', async () => {
+  it('is not ready while its swarm has peers to find and has found none, nor once drained', async () => {
     const ghost = (await loadOrCreatePrivateKey(join(dir, 'ghost.key'))).publicKey.toString()
     const a = await start({
       overrides: {
@@ -264,6 +264,16 @@ describe('the agent as a daemon (real processes, the example config)', { timeout
     })
     assert.equal((await fetch(`http://${a.mirror}/healthz`)).status, 200)
     assert.match(await a.metrics(), /^shoal_ready 0$/m)
+    // `shoal drain` leaves it running, draining: still alive, still not ready, and it says so.
+    assert.match(
+      await cli(['drain', '--timeout', '1s', '--socket', a.socket]),
+      /^drained: .*every upload finished/
+    )
+    const drained = await a.readyz()
+    assert.equal(drained.status, 503)
+    assert.equal(drained.body.draining, true)
+    assert.equal((await a.status()).draining, true)
+    assert.match(await a.metrics(), /^shoal_draining 1$/m)
     assert.equal(await a.stop(), 0)
   })
 
