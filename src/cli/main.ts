@@ -166,6 +166,16 @@ hyperlayer
   })
 
 program
+  .command('simulate')
+  .description('run swarm scenarios on the model simulator: goal tables, a JSON result and plots each')
+  .argument('<scenario...>', 'scenario files (see simulations/scenarios)')
+  .option('--out <dir>', 'where results and plots go', 'simulations/results')
+  .action(async (paths: string[], o: { out: string }) => {
+    const { simulateCommand } = await import('./simulate-command.ts')
+    await simulateCommand(paths, o)
+  })
+
+program
   .command('demo')
   .description('run a local demo: agents on loopback pull a real image from an embedded seed')
   .option('--registry <url>', 'use this seed registry instead of the embedded OCI layout')

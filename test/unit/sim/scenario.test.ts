@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { simulate } from '../../../simulations/run.ts'
+import { simulateCommand } from '../../../src/cli/simulate-command.ts'
 import { ScenarioInvalidError } from '../../../src/errors.ts'
 import { loadScenario, parseScenario, scenarioToInit } from '../../../src/sim/scenario.ts'
 
@@ -158,5 +159,37 @@ describe('scenario workloads and faults', () => {
       () => parseScenario({ ...base, faults: { registryDownAfter: 'later' } }),
       (e: Error) => e instanceof ScenarioInvalidError && /faults\.registryDownAfter/.test(e.message)
     )
+  })
+})
+
+describe('simulateCommand', () => {
+  it('prints a goal table per scenario and a summary line for each', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-simcmd-'))
+    try {
+      const scenario = (name: string, nodes: number) => ({
+        name,
+        seed: 1,
+        topology: { nodes, upload: '1MiB', download: '4MiB', registryUpload: '1MiB' },
+        image: { size: '8MiB', pieces: 8 }
+      })
+      const paths = [join(dir, 'a.json'), join(dir, 'b.json')]
+      await writeFile(paths[0]!, JSON.stringify(scenario('small-a', 4)))
+      await writeFile(paths[1]!, JSON.stringify(scenario('small-b', 6)))
+      let text = ''
+      const reports = await simulateCommand(paths, {
+        out: join(dir, 'out'),
+        progress: () => {},
+        print: (t) => {
+          text += t
+        }
+      })
+      assert.equal(reports.length, 2)
+      assert.match(text, /## small-a[\s\S]*## small-b[\s\S]*## Summary/)
+      assert.match(text, /\| small-a \| 4 \| 8\.0 s \| 1\.00x \|/)
+      assert.match(text, /\| small-b \| 6 \|/)
+      assert.ok((await readdir(join(dir, 'out'))).includes('small-b-completion-cdf.svg'))
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 })
