@@ -2,6 +2,7 @@ import { pipeline, Readable } from 'node:stream'
 import { createGunzip } from 'node:zlib'
 import { Decompress } from 'fzstd'
 import { UnsafeLayerError } from '../errors.ts'
+import { ZstdFrameGuard } from './zstd-frames.ts'
 
 /** How a layer's bytes are compressed, told by their first bytes. */
 export type LayerCompression = 'gzip' | 'zstd' | 'none'
@@ -94,7 +95,10 @@ async function* unzstd(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8A
   const zstd = new Decompress((data) => {
     out.push(data.slice())
   })
+  // Frame headers are checked before the decoder reads them: it allocates what they ask for.
+  const guard = new ZstdFrameGuard()
   const push = (chunk: Uint8Array, final: boolean) => {
+    guard.push(chunk)
     try {
       zstd.push(chunk, final)
     } catch (err) {
