@@ -35,8 +35,9 @@ describe('the DaemonSet against a real agent', () => {
 
   before(async () => {
     const [ds] = await readManifests(join(KUBE, 'daemonset.yaml'))
-    containers = (ds?.doc as { spec: { template: { spec: { containers: IContainer[] } } } }).spec.template
-      .spec.containers
+    assert.ok(ds, 'daemonset.yaml is empty')
+    const doc = ds.doc as { spec: { template: { spec: { containers: IContainer[] } } } }
+    containers = doc.spec.template.spec.containers
     dir = await mkdtemp(join(tmpdir(), 'shoal-ds-'))
     const keyFile = join(dir, 'swarm.key')
     await writeFile(keyFile, generateSwarmKey(), { mode: 0o600 })
