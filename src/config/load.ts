@@ -37,18 +37,7 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Shoal
     } catch (err) {
       throw new ConfigInvalidError(`cannot read config file ${options.file}: ${(err as Error).message}`)
     }
-    let doc: unknown
-    try {
-      doc = parseYaml(text)
-    } catch (err) {
-      throw new ConfigInvalidError(`config file ${options.file} is not valid YAML: ${(err as Error).message}`)
-    }
-    if (doc !== null && doc !== undefined) {
-      if (typeof doc !== 'object' || Array.isArray(doc)) {
-        throw new ConfigInvalidError(`config file ${options.file} must hold a mapping at the top level`)
-      }
-      raw = doc as Record<string, unknown>
-    }
+    raw = parseConfigText(text, `config file ${options.file}`)
   }
   const env = options.env ?? process.env
   for (const [name, path] of Object.entries(ENV_VARS)) {
@@ -59,6 +48,24 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Shoal
     if (v !== undefined) setPath(raw, path, v)
   }
   return validateConfig(raw, options.file)
+}
+
+/**
+ * The mapping a config file's text (YAML, or JSON) holds, not validated yet: `{}` for an empty
+ * file. Throws `ConfigInvalidError` for text that is not YAML or whose top level is not a mapping.
+ */
+export function parseConfigText(text: string, source = 'config file'): Record<string, unknown> {
+  let doc: unknown
+  try {
+    doc = parseYaml(text)
+  } catch (err) {
+    throw new ConfigInvalidError(`${source} is not valid YAML: ${(err as Error).message}`)
+  }
+  if (doc === null || doc === undefined) return {}
+  if (typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new ConfigInvalidError(`${source} must hold a mapping at the top level`)
+  }
+  return doc as Record<string, unknown>
 }
 
 /** Validates a raw config object; throws `ConfigInvalidError` listing every problem. */

@@ -79,15 +79,15 @@ export class ZstdFrameGuard {
         if (fhd & 0x08) throw new UnsafeLayerError('corrupt zstd stream: a reserved frame header bit is set')
         const single = (fhd >> 5) & 1
         const fcsFlag = fhd >> 6
-        const fcsBytes = fcsFlag === 0 ? single : CONTENT_SIZE_BYTES[fcsFlag]
-        const length = 5 + (single ? 0 : 1) + DICT_ID_BYTES[fhd & 3] + (fcsBytes as number)
+        const fcsBytes = fcsFlag === 0 ? single : (CONTENT_SIZE_BYTES[fcsFlag] as number)
+        const length = 5 + (single ? 0 : 1) + (DICT_ID_BYTES[fhd & 3] as number) + fcsBytes
         if (h.length < length) {
           this.#want = length
           return
         }
         let window: number
         if (single) {
-          const b = Buffer.from(h.slice(length - (fcsBytes as number)))
+          const b = Buffer.from(h.slice(length - fcsBytes))
           let size = 0
           for (let i = b.length - 1; i >= 0; i--) size = size * 256 + (b[i] as number)
           window = fcsFlag === 1 ? size + 256 : size
