@@ -82,6 +82,15 @@ export async function sendBody(
   await pipeline(Readable.from(counted, { objectMode: false }), res)
 }
 
+/** A percent-encoded part of a request path, decoded; a malformed encoding is a `BadRequestError`. */
+export function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part)
+  } catch {
+    throw new BadRequestError(`malformed percent-encoding in "${part.slice(0, 100)}"`)
+  }
+}
+
 /** Reads a request body up to `limit` bytes. */
 export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = []

@@ -9,9 +9,10 @@ import type { ManifestResolver } from '../fetch/manifests.ts'
 import type { Startable } from '../interface/common.ts'
 import type { BlobStore } from '../interface/store.ts'
 import type { UpstreamResolver } from '../interface/upstream.ts'
+import { parseRegistryHost, parseTagOrDigest } from '../oci/reference.ts'
 import { sendStoredBlob } from './blob-response.ts'
 import { healthRoute, type Readiness } from './health.ts'
-import { closeServer, listen, requestSignal } from './http.ts'
+import { closeServer, decodePathPart, listen, requestSignal } from './http.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
 export interface RegistryMirrorComponents {
@@ -134,12 +135,14 @@ export class RegistryMirror implements Startable {
     const m = ROUTE.exec(url.pathname)
     if (!m) throw new NotFoundError(`no route for ${url.pathname.slice(0, 200)}`)
     const [, name = '', kind, reference = ''] = m
-    const at = this.#locate(decodeURIComponent(name), url.searchParams.get('ns'))
+    const at = this.#locate(decodePathPart(name), url.searchParams.get('ns'))
     const signal = requestSignal(req, res)
     if (kind === 'manifests') {
-      await this.#manifest(req, res, { ...at, reference: decodeURIComponent(reference), head, signal })
+      // A tag or a digest, nothing else: it goes into the upstream's URL path.
+      const ref = parseTagOrDigest(decodePathPart(reference))
+      await this.#manifest(req, res, { ...at, reference: ref, head, signal })
     } else {
-      await this.#blob(req, res, { ...at, digest: parseDigest(decodeURIComponent(reference)), head, signal })
+      await this.#blob(req, res, { ...at, digest: parseDigest(decodePathPart(reference)), head, signal })
     }
   }
 
@@ -156,6 +159,8 @@ export class RegistryMirror implements Startable {
         registry = this.#init.defaultRegistry
       }
     }
+    // It names the host the agent connects to (with credentials, when configured for it).
+    parseRegistryHost(registry)
     if (registry === 'docker.io' && !repository.includes('/')) repository = `library/${repository}`
     if (
       !/^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/.test(repository)

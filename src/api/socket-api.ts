@@ -18,7 +18,16 @@ import { parseReference } from '../oci/reference.ts'
 import { sendStoredBlob } from './blob-response.ts'
 import type { DaemonRoutes } from './daemon-routes.ts'
 import { healthRoute, type Readiness } from './health.ts'
-import { closeServer, listen, parseRange, readBody, requestSignal, sendError, sendJson } from './http.ts'
+import {
+  closeServer,
+  decodePathPart,
+  listen,
+  parseRange,
+  readBody,
+  requestSignal,
+  sendError,
+  sendJson
+} from './http.ts'
 import { MaterializeRoutes } from './materialize-routes.ts'
 import type { ShoalMetrics } from './metrics.ts'
 
@@ -176,7 +185,7 @@ export class SocketApi implements Startable {
     }
     const blob = /^\/v1\/blobs\/([^/]+)$/.exec(url.pathname)
     if (blob && (req.method === 'GET' || req.method === 'HEAD')) {
-      await this.#blob(req, res, parseDigest(decodeURIComponent(blob[1] ?? '')), url.searchParams)
+      await this.#blob(req, res, parseDigest(decodePathPart(blob[1] ?? '')), url.searchParams)
       return
     }
     throw new NotFoundError(`no route for ${route.slice(0, 200)}`)
@@ -209,6 +218,8 @@ export class SocketApi implements Startable {
     } catch (err) {
       throw err instanceof SyntaxError ? new BadRequestError(`pull body is not JSON: ${err.message}`) : err
     }
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      throw new BadRequestError('pull body must be a JSON object')
     if (typeof body.reference !== 'string')
       throw new BadRequestError('pull body needs "reference": "<image ref>"')
     parseReference(body.reference)

@@ -75,6 +75,27 @@ export function parseReference(input: string): ImageReference {
   return { registry, repository, ...(tag !== undefined && { tag }), ...(digest !== undefined && { digest }) }
 }
 
+/**
+ * A registry host as references name it (`host[:port]`, `[v6]:port`); throws
+ * `InvalidReferenceError` for anything else, such as a path, credentials or spaces.
+ */
+export function parseRegistryHost(host: string): string {
+  if (host.length > MAX_NAME_LENGTH || !HOST_RE.test(host)) {
+    throw new InvalidReferenceError(`"${clip(host)}" is not a registry host`)
+  }
+  return host
+}
+
+/**
+ * What follows a repository in a manifest request: a tag, or a digest (`INVALID_DIGEST` when
+ * malformed). Throws `InvalidReferenceError` for anything else.
+ */
+export function parseTagOrDigest(reference: string): string {
+  if (reference.includes(':')) return parseDigest(reference)
+  if (!TAG_RE.test(reference)) throw new InvalidReferenceError(`"${clip(reference)}" is not a tag or digest`)
+  return reference
+}
+
 /** `registry/repository[:tag][@digest]`, the fully qualified form. */
 export function formatReference(ref: ImageReference): string {
   let s = `${ref.registry}/${ref.repository}`

@@ -11,7 +11,10 @@ export interface RawResponse {
   body: string
 }
 
-/** Sends `bytes` and reads until the server closes (the requests say `Connection: close`). */
+/**
+ * Sends `bytes` and reads until the server closes (the requests say `Connection: close`). The
+ * client does not close its side first: a server may take that as the client going away.
+ */
 export function rawExchange(
   at: NetConnectOpts,
   bytes: string | Uint8Array,
@@ -36,7 +39,7 @@ export function rawExchange(
       const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0)
       resolve({ status, head, body: split < 0 ? '' : text.slice(split + 4) })
     })
-    socket.on('connect', () => socket.end(bytes))
+    socket.on('connect', () => socket.write(bytes))
   })
 }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { parseRange } from '../../../src/api/http.ts'
+import { decodePathPart, parseRange } from '../../../src/api/http.ts'
 
 describe('parseRange', () => {
   const size = 1000
@@ -19,5 +19,13 @@ describe('parseRange', () => {
     assert.throws(() => parseRange('bytes=5-2', size), { code: 'RANGE_NOT_SATISFIABLE' })
     assert.throws(() => parseRange('bytes=-', size), { code: 'BAD_REQUEST' })
     assert.throws(() => parseRange('items=0-1', size), { code: 'BAD_REQUEST' })
+  })
+})
+
+describe('decodePathPart', () => {
+  it('decodes percent-encoding and refuses a malformed one with BAD_REQUEST, not a URIError', () => {
+    assert.equal(decodePathPart('sha256%3Aab'), 'sha256:ab')
+    for (const bad of ['%', '%E0%A4%A', '%zz'])
+      assert.throws(() => decodePathPart(bad), { code: 'BAD_REQUEST' })
   })
 })

@@ -1,6 +1,11 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { formatReference, parseReference } from '../../../src/oci/reference.ts'
+import {
+  formatReference,
+  parseReference,
+  parseRegistryHost,
+  parseTagOrDigest
+} from '../../../src/oci/reference.ts'
 
 const D = `sha256:${'a'.repeat(64)}`
 
@@ -42,5 +47,22 @@ describe('parseReference', () => {
   it('round-trips through formatReference', () => {
     const ref = parseReference(`ghcr.io/org/app:v1@${D}`)
     assert.deepEqual(parseReference(formatReference(ref)), ref)
+  })
+})
+
+describe('parseRegistryHost and parseTagOrDigest', () => {
+  it('take hosts and tags or digests as references name them', () => {
+    for (const h of ['docker.io', 'localhost:5000', '127.0.0.1:5000', '[::1]:5000', 'r-1.example.com'])
+      assert.equal(parseRegistryHost(h), h)
+    assert.equal(parseTagOrDigest('v1.2-rc_3'), 'v1.2-rc_3')
+    assert.equal(parseTagOrDigest(`sha256:${'a'.repeat(64)}`), `sha256:${'a'.repeat(64)}`)
+  })
+
+  it('refuse what would change the URL they go into: paths, credentials, spaces, traversal', () => {
+    for (const h of ['evil host', '127.0.0.1/../x', 'user:pw@127.0.0.1', 'a/b', '', 'x'.repeat(300)])
+      assert.throws(() => parseRegistryHost(h), { code: 'INVALID_REFERENCE' })
+    for (const t of ['../../v2/other/manifests/v1', 'a/b', '', '.hidden', 't'.repeat(129)])
+      assert.throws(() => parseTagOrDigest(t), { code: 'INVALID_REFERENCE' })
+    assert.throws(() => parseTagOrDigest('sha256:xyz'), { code: 'INVALID_DIGEST' })
   })
 })
