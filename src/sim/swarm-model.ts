@@ -10,8 +10,9 @@
  *   `maxPeers` random members (as the DHT and peer exchange give it), and they to it;
  * - HAVEs and claims reach a node's neighbours after `haveLatency`; members know which members
  *   fetch from the registry (as they all rank the same members the same way);
- * - a peer serves at most `uploadSlots` pieces at once and turns further requests away; the
- *   requester tries again when a slot frees;
+ * - a peer serves at most `uploadSlots` pieces at once and turns further requests away; when a
+ *   slot frees it goes to the node that wants its rarest piece (the agent has no such limit
+ *   yet: this is a setting to try in the model first);
  * - faults: churn (nodes leave and fresh ones arrive), nodes killed, the registry going down,
  *   malicious peers that offer every piece and send garbage (caught by the piece hash, and
  *   banned).
@@ -339,8 +340,7 @@ class SwarmModel {
   }
 
   #landed(flow: Flow<Transfer>): void {
-    const { to, from, piece } = flow.tag
-    const now = this.#queue.now
+    const { from, piece } = flow.tag
     this.#settle(flow)
     if (from === undefined) {
       this.#registryEgress += this.#pieceBytes
@@ -349,10 +349,18 @@ class SwarmModel {
         if (++this.#sentOnce === this.#init.pieces && this.#init.faults?.registryDownAfter === 'first-copy')
           this.#registryDown()
       }
-    } else {
-      from.uploaded += this.#pieceBytes
-      this.#wake(from)
+    } else from.uploaded += this.#pieceBytes
+    // The slot `from` freed goes to the nodes it turned away, once this landing is recorded.
+    try {
+      this.#record(flow)
+    } finally {
+      if (from !== undefined) this.#wake(from)
     }
+  }
+
+  #record(flow: Flow<Transfer>): void {
+    const { to, from, piece } = flow.tag
+    const now = this.#queue.now
     if (from?.malicious) {
       // The piece hash catches it: the node drops the piece and stops asking that peer.
       this.#corrupt++
@@ -397,9 +405,12 @@ class SwarmModel {
   /** A slot of `uploader` freed: the neighbours it turned away may ask again. */
   #wake(uploader: SimNode): void {
     if (uploader.waiters.size === 0) return
-    const waiting = [...uploader.waiters]
+    // The uploader serves first whoever wants its rarest piece: that piece's spread is what
+    // the crowd waits on.
+    const waiting = [...uploader.waiters].map((w) => ({ w, r: this.#rarestWanted(w, uploader) }))
+    waiting.sort((a, b) => a.r - b.r)
     uploader.waiters.clear()
-    for (const w of waiting) this.#pump(w, uploader)
+    for (const { w } of waiting) this.#pump(w, uploader)
   }
 
   /** Forgets `flow` in its receiver's and sender's books. */
@@ -496,6 +507,15 @@ class SwarmModel {
       node.peerLoad.set(from, (node.peerLoad.get(from) ?? 0) + 1)
       from.uploading++
     }
+  }
+
+  /** Replicas of the rarest piece `w` could ask `uploader` for. */
+  #rarestWanted(w: SimNode, uploader: SimNode): number {
+    let least = Number.POSITIVE_INFINITY
+    for (const i of w.missing) {
+      if (uploader.offered[i] === 1 && !w.sources.has(i)) least = Math.min(least, this.#replicas[i] ?? 0)
+    }
+    return least
   }
 
   #sample(force: boolean): void {
