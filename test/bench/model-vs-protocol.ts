@@ -9,13 +9,14 @@
  *   npm run bench:model-vs-protocol                      # simulations/scenarios/compare-10.json
  *   npm run bench:model-vs-protocol -- <scenario.json>   # another scenario
  *   npm run bench:model-vs-protocol -- --nodes 16        # the same scenario with another node count
- *   npm run bench:model-vs-protocol -- --keep            # keep the agents' and registry's logs
+ *   npm run bench:model-vs-protocol -- --keep --log-level debug   # keep the agents' and registry's logs
  *   npm run bench:model-vs-protocol -- --cleanup         # remove what interrupted runs left, and exit
  *
  * Needs root, iproute2 and docker-registry; run `npm run build` first (the npm script does).
  */
 import '../../src/polyfill.ts'
 import { readFile, writeFile } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { removeStaleRuns } from '../../src/sim/netns/cleanup.ts'
 import { Iproute } from '../../src/sim/netns/iproute.ts'
@@ -40,6 +41,7 @@ async function main(): Promise<void> {
     options: {
       cleanup: { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      'log-level': { type: 'string' },
       nodes: { type: 'string' }
     }
   })
@@ -83,6 +85,7 @@ async function main(): Promise<void> {
       signal,
       onProgress: (line) => log(`  ${line}`),
       keepFiles: values.keep,
+      ...(values['log-level'] && { agentConfig: { log: { level: values['log-level'] } } }),
       onAgentsReady: () => cpu.mark()
     })
   } finally {
@@ -96,8 +99,13 @@ async function main(): Promise<void> {
   for (const r of rows.lines) log(r)
   const load = cpu.summary()
   log('')
+  const agentCpu = protocol.cpu.agents.reduce((a, b) => a + b, 0)
+  const moved = protocol.downloaded.reduce((a, b) => a + b, 0)
+  const cores = (x: number) => (x / protocol.cpu.pullSeconds).toFixed(2)
   log(
-    `CPU while the nodes pulled (2 cores = 100 %): mean ${load.mean.toFixed(0)} %, max ${load.max.toFixed(0)} %`
+    `CPU while the nodes pulled: the machine ${load.mean.toFixed(0)} % busy (max ${load.max.toFixed(0)} %; every process, 100 % = all ${availableParallelism()} cores); ` +
+      `the agents used ${cores(agentCpu)} cores, the registry ${cores(protocol.cpu.registry)}; ` +
+      `${(agentCpu / (moved / 2 ** 30)).toFixed(1)} agent CPU seconds per GiB delivered`
   )
   if (protocol.shape.ignored.length > 0) {
     log(
