@@ -10,6 +10,12 @@ const PAX_XATTR_PREFIX = 'SCHILY.xattr.'
  * a layer must change the merged view only through whiteouts.
  */
 const RESERVED_XATTR_PREFIX = 'trusted.overlay.'
+/** The namespaces Linux has extended attributes in. */
+const XATTR_NAMESPACES = ['user.', 'trusted.', 'security.', 'system.']
+/** Linux's limits: a name (XATTR_NAME_MAX), a value (XATTR_SIZE_MAX), all names (XATTR_LIST_MAX). */
+const MAX_XATTR_NAME_BYTES = 255
+const MAX_XATTR_VALUE_BYTES = 64 * 1024
+const MAX_XATTR_LIST_BYTES = 64 * 1024
 
 /** Ownership, mode, times and extended attributes of one entry. */
 export interface Metadata {
@@ -38,11 +44,28 @@ export function metadataOf(header: TarHeader): Metadata {
   }
   if (!Number.isInteger(mode) || mode < 0) throw new UnsafeLayerError(`entry ${shown} has a malformed mode`)
   const xattrs: Array<[string, Uint8Array]> = []
+  let listBytes = 0
   for (const [key, value] of Object.entries(pax)) {
     if (!key.startsWith(PAX_XATTR_PREFIX)) continue
     const name = key.slice(PAX_XATTR_PREFIX.length)
     if (name.startsWith(RESERVED_XATTR_PREFIX)) continue
-    xattrs.push([name, Buffer.from(value, 'utf8')])
+    // What no Linux file system can hold is refused here, not left to fail as a command.
+    const bytes = Buffer.from(value, 'utf8')
+    const nameBytes = Buffer.byteLength(name)
+    listBytes += nameBytes + 1
+    if (
+      name.includes('\0') ||
+      nameBytes > MAX_XATTR_NAME_BYTES ||
+      !XATTR_NAMESPACES.some((ns) => name.startsWith(ns) && name.length > ns.length)
+    ) {
+      throw new UnsafeLayerError(
+        `entry ${shown} has a malformed extended attribute name ${JSON.stringify(name.slice(0, 100))}`
+      )
+    }
+    if (bytes.length > MAX_XATTR_VALUE_BYTES || listBytes > MAX_XATTR_LIST_BYTES) {
+      throw new UnsafeLayerError(`entry ${shown} has more extended attribute data than Linux holds`)
+    }
+    xattrs.push([name, bytes])
   }
   return { uid, gid, mode: mode & 0o7777, mtime, atime, xattrs }
 }

@@ -426,7 +426,17 @@ class LayerWriter {
     await lchown(path, meta.uid, meta.gid)
     if (!isSymlink) await chmod(path, meta.mode)
     for (const [name, value] of meta.xattrs) {
-      await setXattr(this.#runner, path, name, value, { signal: this.#signal })
+      try {
+        await setXattr(this.#runner, path, name, value, { signal: this.#signal })
+      } catch (err) {
+        this.#signal?.throwIfAborted()
+        // The file system refused what the layer asked for (a capability that does not parse, a
+        // namespace it does not support, more than it holds): the layer cannot be laid out here.
+        throw new UnsafeLayerError(
+          `extended attribute ${name} of ${JSON.stringify(path.slice(this.#root.length + 1))} cannot be set: ${(err as Error).message}`,
+          { cause: err }
+        )
+      }
     }
     await lutimes(path, meta.atime, meta.mtime)
   }

@@ -165,8 +165,9 @@ describe('a hostile registry', { timeout: 180_000 }, () => {
     // Layers that try to get out of their directory: they pull (they are just bytes), they must
     // not materialize.
     const hostile = async (tag: string, entries: TarSpec[] | Buffer) => {
-      const bytes = Buffer.isBuffer(entries) ? entries : await tarOf(entries)
-      layout.image(tag, [layout.blob(gzipSync(bytes))])
+      // A Buffer is the layer blob itself, compressed or not as it is.
+      const bytes = Buffer.isBuffer(entries) ? entries : gzipSync(await tarOf(entries))
+      layout.image(tag, [layout.blob(bytes)])
       layers.push([tag, 'LAYER_UNSAFE'])
     }
     const up = '../'.repeat(12)
@@ -205,6 +206,22 @@ describe('a hostile registry', { timeout: 180_000 }, () => {
       { header: { name: 'n', type: 'file', pax: { path: `${'c'.repeat(300)}` } }, data: 'x' }
     ])
     await hostile('whiteout-escape', [file(`a/.wh.${up}${canary.slice(1)}/victim`, '')])
+    await hostile('xattr-outside-namespaces', [
+      { header: { name: 'x', type: 'file', pax: { 'SCHILY.xattr.bogus': 'v' } }, data: 'x' }
+    ])
+    await hostile('xattr-value-100KiB', [
+      {
+        header: { name: 'x', type: 'file', pax: { 'SCHILY.xattr.user.v': 'v'.repeat(100 * 1024) } },
+        data: 'x'
+      }
+    ])
+    // A zstd frame declaring 2 GB of content, made of RLE blocks (61 KB in all).
+    const zstd = [Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0, 0x94, 0x35, 0x77])]
+    for (let left = 2_000_000_000; left > 0; left -= 131072) {
+      const h = (Math.min(131072, left) << 3) | 2 | (left <= 131072 ? 1 : 0)
+      zstd.push(Buffer.from([h & 0xff, (h >> 8) & 0xff, (h >> 16) & 0xff, 0]))
+    }
+    await hostile('zstd-window-2GB', Buffer.concat(zstd))
 
     await layout.write(join(dir, 'layout'))
     // The blob the liar descriptor names gets other bytes of the same length.

@@ -132,6 +132,23 @@ describe('extractLayer', () => {
       ['gzip magic and garbage', async () => Buffer.from([0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])],
       ['zstd magic and garbage', async () => Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4, 5, 6, 7, 8])],
       ['a uid that is not a number', async () => tarOf([file('u', 'x', { pax: { uid: 'root' } })])],
+      // Found by the hardening suite: each of these failed as a command, an INTERNAL error.
+      [
+        'an xattr outside any namespace',
+        async () => tarOf([file('x', 'x', { pax: { 'SCHILY.xattr.bogus': 'v' } })])
+      ],
+      [
+        'an xattr name with a NUL byte',
+        async () => tarOf([file('x', 'x', { pax: { 'SCHILY.xattr.user.a\0b': 'v' } })])
+      ],
+      [
+        'an xattr value over 64 KiB',
+        async () => tarOf([file('x', 'x', { pax: { 'SCHILY.xattr.user.big': 'v'.repeat(70_000) } })])
+      ],
+      [
+        'a capability the kernel does not parse',
+        async () => tarOf([file('x', 'x', { pax: { 'SCHILY.xattr.security.capability': 'garbage' } })])
+      ],
       [
         'an entry of unknown type',
         async () => patchHeader(await tarOf([file('t', '')]), 0, 156, Buffer.from('X'))
