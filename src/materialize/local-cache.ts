@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
+import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { digestHex } from '../content/digest.ts'
@@ -70,7 +70,10 @@ export class LocalCacheMaterializer implements Materializer {
   /** Creates the cache directory and removes what a crash left half done. */
   async start(): Promise<void> {
     if (this.#stopping.signal.aborted) this.#stopping = new AbortController()
-    await mkdir(this.#layersDir, { recursive: true })
+    // Root's only, as containerd keeps its snapshots: a layer may hold a setuid-root binary or a
+    // device node open to all, and no other user of the node may reach them through this path.
+    await mkdir(this.#layersDir, { recursive: true, mode: 0o700 })
+    await chmod(this.#layersDir, 0o700)
     for (const name of await readdir(this.#layersDir)) {
       if (!name.includes(TMP_MARK)) continue
       this.#log.info({ name }, 'removing an unfinished layer extraction')
@@ -207,7 +210,7 @@ export class LocalCacheMaterializer implements Materializer {
     if (!info?.complete) throw new BlobUnknownError(`layer ${digest} is not complete in the store`)
     const lease = this.#store.acquire(digest)
     try {
-      await mkdir(this.#layersDir, { recursive: true })
+      await mkdir(this.#layersDir, { recursive: true, mode: 0o700 })
       const { entries, bytes } = await extractLayer(this.#store.stream(digest), path, {
         runner: this.#runner,
         durable: this.#durable,

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs'
-import { type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promises'
+import { chmod, type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { Logger } from 'pino'
@@ -118,6 +118,9 @@ export class LevelBlobStore implements BlobStore {
 
   async start(): Promise<void> {
     if (this.#db) return
+    // Root's only: the store holds private layers, and other users of the node may not read them.
+    await mkdir(this.#root, { recursive: true, mode: 0o700 })
+    await chmod(this.#root, 0o700)
     await mkdir(this.#dataDir, { recursive: true })
     const db = new Level<string, IndexValue>(join(this.#root, 'index'), { valueEncoding: 'json' })
     await db.open()

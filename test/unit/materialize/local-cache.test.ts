@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test'
@@ -53,6 +53,12 @@ describe('LocalCacheMaterializer', () => {
   })
   afterEach(async () => {
     await cache.stop()
+  })
+
+  it("keeps its layers root's only: no other user reaches a layer's setuid binaries or device nodes", async () => {
+    await chmod(join(dir, 'layers'), 0o755)
+    await cache.start()
+    assert.equal((await stat(join(dir, 'layers'))).mode & 0o777, 0o700)
   })
 
   it('extracts a layer once, for concurrent callers, and counts their references', async () => {

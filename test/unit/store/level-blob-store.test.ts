@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdir, mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test'
@@ -69,6 +69,12 @@ describe('LevelBlobStore on disk', () => {
     const store = new LevelBlobStore({ clock, logger }, { root, quotaBytes: PIECE })
     await rejectsWithCode(() => store.list(), 'STORE_CLOSED')
     assert.throws(() => store.usage(), { code: 'STORE_CLOSED' })
+  })
+
+  it("keeps its directory root's only, even one that existed open to all (private layers)", async () => {
+    await chmod(root, 0o755)
+    await openStore()
+    assert.equal((await stat(root)).mode & 0o777, 0o700)
   })
 
   it('lays out one sparse data file of the blob size per blob', async () => {
