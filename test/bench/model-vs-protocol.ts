@@ -176,7 +176,7 @@ async function main(): Promise<void> {
     { title: scenario.name, only: ['completion-cdf', 'completed', 'registry-egress', 'upload'] }
   )
   log(
-    `wrote test/bench/results/model-vs-protocol.json and ${plots.length} plots (${plots.map((p) => p.split('/').pop()).join(', ')})`
+    `wrote test/bench/results/${name}.json and ${plots.length} plots (${plots.map((p) => p.split('/').pop()).join(', ')})`
   )
 }
 

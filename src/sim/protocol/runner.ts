@@ -126,7 +126,7 @@ export async function runProtocolScenario(
   const { iproute, clock } = components
   const shape = protocolShape(scenario)
   const say = options.onProgress ?? (() => {})
-  const timeoutMs = options.timeoutMs ?? 60_000 + 10_000 * shape.tMin
+  const timeoutMs = Math.round(options.timeoutMs ?? 60_000 + 10_000 * shape.tMin)
   const timeout = AbortSignal.timeout(timeoutMs)
   const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout
   // Each node's pull and wait listens on it.
