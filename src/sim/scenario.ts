@@ -80,7 +80,7 @@ export const scenarioSchema = z
         claimTtl: seconds().optional(),
         patience: seconds().optional(),
         maxPeers: z.number().int().positive().optional(),
-        uploadSlots: z.number().int().positive().optional(),
+        concurrentUploads: z.number().int().positive().optional(),
         registryFetchers: z.number().int().positive().optional(),
         starvingTakesAny: z.boolean().optional()
       })
@@ -180,7 +180,7 @@ export function scenarioToInit(s: Scenario): SwarmModelInit {
     ...((o.lookupDelay ?? lookup) !== undefined && { lookupDelay: o.lookupDelay ?? lookup }),
     ...((o.haveLatency ?? latency) !== undefined && { haveLatency: o.haveLatency ?? latency }),
     ...(o.maxPeers !== undefined && { maxPeers: o.maxPeers }),
-    ...(o.uploadSlots !== undefined && { uploadSlots: o.uploadSlots }),
+    ...(o.concurrentUploads !== undefined && { concurrentUploads: o.concurrentUploads }),
     ...(o.registryFetchers !== undefined && { registryFetchers: o.registryFetchers }),
     ...(o.starvingTakesAny !== undefined && { starvingTakesAny: o.starvingTakesAny }),
     ...(Object.keys(f).length > 0 && { faults: f }),

@@ -10,7 +10,7 @@
  *   `maxPeers` random members (as the DHT and peer exchange give it), and they to it;
  * - HAVEs and claims reach a node's neighbours after `haveLatency`; members know which members
  *   fetch from the registry (as they all rank the same members the same way);
- * - a peer serves at most `uploadSlots` pieces at once and turns further requests away; when a
+ * - a peer serves at most `concurrentUploads` pieces at once and turns further requests away; when a
  *   slot frees it goes to the node that wants its rarest piece (the agent has no such limit
  *   yet: this is a setting to try in the model first);
  * - faults: churn (nodes leave and fresh ones arrive), nodes killed, the registry going down,
@@ -48,12 +48,12 @@ export interface SwarmModelInit {
   /** Neighbours a node connects to (it accepts up to twice as many). Default: everyone. */
   maxPeers?: number
   /** Pieces a node uploads at once; further requests are turned away. Default: no limit. */
-  uploadSlots?: number
-  /** Requests in flight to one peer. Default 2. */
+  concurrentUploads?: number
+  /** Requests in flight to one peer. Default 4 (as the agent). */
   peerDepth?: number
-  /** Requests in flight to all peers together. Default 8. */
+  /** Requests in flight to all peers together. Default: no limit (as an agent without a download cap). */
   maxPeerFlights?: number
-  /** Requests in flight to the registry, per node. Default 2. */
+  /** Requests in flight to the registry, per node. Default 4 (as the agent). */
   registryWindow?: number
   /** Members that take pieces from the registry. Default: all (as the agent). */
   registryFetchers?: number
@@ -468,16 +468,16 @@ class SwarmModel {
       availability: (i) => node.availability[i] ?? 0,
       random: this.#random
     }
-    const slots = init.uploadSlots ?? Number.POSITIVE_INFINITY
+    const slots = init.concurrentUploads ?? Number.POSITIVE_INFINITY
     const plan = planRequests({
       state,
       sessions: only === undefined ? shuffle(peers, this.#random) : node.banned.has(only) ? [] : [only],
       peerLoad: (p) => node.peerLoad.get(p) ?? 0,
       capacity: (p) => slots - p.uploading,
-      peerDepth: init.peerDepth ?? 2,
-      maxPeerFlights: init.maxPeerFlights ?? 8,
+      peerDepth: init.peerDepth ?? 4,
+      maxPeerFlights: init.maxPeerFlights ?? Number.POSITIVE_INFINITY,
       registryLoad: node.registryLoad,
-      registryWindow: this.#registryOn ? (init.registryWindow ?? 2) : 0,
+      registryWindow: this.#registryOn ? (init.registryWindow ?? 4) : 0,
       owns: () => (i) => owner[i] === node,
       starvingTakesAny: init.starvingTakesAny ?? true
     })

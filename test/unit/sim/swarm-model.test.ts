@@ -20,7 +20,7 @@ function crowd(over: Partial<SwarmModelInit> = {}): SwarmModelInit {
 
 /** The settings that bring the model nearest the theory (see `theory-100.json`). */
 const tuned: Partial<SwarmModelInit> = {
-  uploadSlots: 1,
+  concurrentUploads: 1,
   registryFetchers: 2,
   registryWindow: 1,
   starvingTakesAny: false
