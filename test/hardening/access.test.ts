@@ -43,7 +43,6 @@ import { pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness
 import { makeBlob, seedBlob } from '../harness/blobs.ts'
 import { REGISTRY_PASSWORD, REGISTRY_USER, startRegistry, type TestRegistry } from '../harness/registry.ts'
 import { tarOf } from '../unit/materialize/tars.ts'
-import { TestLayout } from './hostile/layout.ts'
 import { scaled } from './scale.ts'
 import { tally } from './tally.ts'
 
