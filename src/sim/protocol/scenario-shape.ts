@@ -60,13 +60,11 @@ export function protocolShape(s: Scenario): ProtocolShape {
       : Array.from({ length: n }, () => (spread > 0 ? random() * spread : 0))
   const latency = Number((s.topology as { latency?: unknown }).latency ?? 0)
   const o = s.shoal
-  const uploadSlots = (o as { uploadSlots?: number }).uploadSlots
   const agentConfig: Record<string, unknown> = {
     store: { pieceSize },
-    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } }),
-    ...(uploadSlots !== undefined && { swarm: { uploadSlots } })
+    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } })
   }
-  const mapped = new Set(['registryWindow', 'uploadSlots'])
+  const mapped = new Set(['registryWindow'])
   const ignored = Object.keys(o).filter((k) => !mapped.has(k))
   const faults = (s as { faults?: Record<string, unknown> }).faults
   if (faults !== undefined && Object.keys(faults).length > 0) ignored.push('faults (not played here)')
