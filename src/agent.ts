@@ -145,7 +145,9 @@ export class Agent implements Startable {
         pieceSize: config.store.pieceSize,
         registryConcurrency: config.fetch.registryConcurrency,
         registryStreams: config.fetch.registryStreams,
-        download: this.download
+        download: this.download,
+        registryFetchers: config.swarm.registryFetchers,
+        starvingTakesAny: config.swarm.starvingTakesAny
       }
     )
     this.manifests = new ManifestResolver({ store: this.store, upstreams: this.upstreams, logger })

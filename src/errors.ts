@@ -116,6 +116,8 @@ export const HyperlayerParentMismatchError = define(
  * answers new ones with a `reject` of this code, so peers take the blob elsewhere.
  */
 export const PeerDrainingError = define('PEER_DRAINING', 'PeerDrainingError')
+/** A peer is uploading as many pieces as it allows (`swarm.concurrentUploads`): ask again soon. */
+export const PieceBusyError = define('PIECE_BUSY', 'PieceBusyError')
 /** An unpin names nothing that is pinned under that name. */
 export const NotPinnedError = define('NOT_PINNED', 'NotPinnedError')
 /** A simulation scenario file does not validate; the message names each bad field by its path. */
@@ -168,6 +170,7 @@ export const HTTP_STATUS: Readonly<Record<string, number>> = {
   HYPERLAYER_PARENT_MISMATCH: 409,
   SCENARIO_INVALID: 400,
   PEER_DRAINING: 503,
+  PIECE_BUSY: 503,
   NOT_PINNED: 404,
   IPROUTE_MISSING: 500,
   NETNS_PERMISSION: 500,

@@ -23,6 +23,8 @@ export interface SwarmInit {
   allowPeers?: string[] | undefined
   findTimeout: number
   uploadSlots: number
+  /** Pieces uploaded at once; beyond that peers hear `PIECE_BUSY`. Unset: no limit. */
+  concurrentUploads?: number | undefined
   /** Bytes per second this node uploads to peers at most. */
   uploadRate?: number | undefined
   /** The identity key and the peer store live under the agent's store directory. */
@@ -141,7 +143,11 @@ export class Swarm implements Startable {
     const metrics = this.#metrics
     const exchange = new PieceExchange(
       { node, store: this.#store, logger: this.#log, bans: this.#bans, ...(metrics && { metrics }) },
-      { uploadSlots: this.#init.uploadSlots, upload: this.upload }
+      {
+        uploadSlots: this.#init.uploadSlots,
+        upload: this.upload,
+        concurrentUploads: this.#init.concurrentUploads
+      }
     )
     await exchange.start()
     this.#node = node

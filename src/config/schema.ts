@@ -163,6 +163,15 @@ export const configSchema = z.strictObject({
       findTimeout: duration().default(2 * second),
       /** Concurrent piece-protocol sessions this node serves. */
       uploadSlots: z.number().int().min(1).max(1024).default(64),
+      /**
+       * Pieces this node uploads at once across all sessions; a request beyond gets `PIECE_BUSY`
+       * and goes to another holder (unset: no limit). See docs/decisions/0012.
+       */
+      concurrentUploads: z.number().int().min(1).max(1024).optional(),
+      /** Members of a blob's swarm that take its pieces from the registry (unset: every member). */
+      registryFetchers: z.number().int().min(1).max(1024).optional(),
+      /** A node with nothing to ask of peers may take any unclaimed piece from the registry. */
+      starvingTakesAny: z.boolean().default(true),
       /** Cap on the bytes per second this node uploads to peers (unset: no cap). */
       uploadRate: size().optional(),
       /** Dial every address a DNS name resolves to (a Kubernetes headless service). */

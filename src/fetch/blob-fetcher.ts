@@ -58,6 +58,10 @@ export interface BlobFetcherInit {
   peerDepth?: number
   /** How long a peer's `fetching` claim keeps this node off a piece (default: the transfer's). */
   claimTtlMs?: number
+  /** Members of a swarm that take its pieces from the registry (default: every member). */
+  registryFetchers?: number | undefined
+  /** A node with nothing to ask of peers may take any unclaimed piece (default true). */
+  starvingTakesAny?: boolean | undefined
   /** Paces what this node downloads, from peers and registries together. */
   download?: TokenBucket | undefined
 }
@@ -84,6 +88,7 @@ export class BlobFetcher implements Startable {
   readonly #concurrency: number
   readonly #peerDepth: number
   readonly #claimTtlMs: number | undefined
+  readonly #swarmPolicy: { registryFetchers?: number; starvingTakesAny?: boolean }
   readonly #download: TokenBucket | undefined
   readonly #streams: PriorityLimit
   #transferSeq = 0
@@ -102,6 +107,10 @@ export class BlobFetcher implements Startable {
     this.#log = components.logger.child({ component: 'fetch' })
     this.#peerDepth = init.peerDepth ?? 4
     this.#claimTtlMs = init.claimTtlMs
+    this.#swarmPolicy = {
+      ...(init.registryFetchers !== undefined && { registryFetchers: init.registryFetchers }),
+      ...(init.starvingTakesAny !== undefined && { starvingTakesAny: init.starvingTakesAny })
+    }
     this.#download = init.download
   }
 
@@ -308,6 +317,7 @@ export class BlobFetcher implements Startable {
           concurrency: this.#concurrency,
           peerDepth: this.#peerDepth,
           ...(this.#claimTtlMs !== undefined && { claimTtlMs: this.#claimTtlMs }),
+          ...this.#swarmPolicy,
           priority: this.#transferSeq++
         }
       )

@@ -5,7 +5,13 @@ import type { ShoalMetrics } from '../api/metrics.ts'
 import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
-import { AbortedError, DigestMismatchError, SizeMismatchError, toShoalError } from '../errors.ts'
+import {
+  AbortedError,
+  DigestMismatchError,
+  PieceBusyError,
+  SizeMismatchError,
+  toShoalError
+} from '../errors.ts'
 import type { Clock } from '../interface/clock.ts'
 import type { BlobPeers, LiveBlob, LiveBlobEvent, PeerBlobSession } from '../interface/peers.ts'
 import type { BlobInfo, BlobStore, Lease, PieceInfo, PieceSource } from '../interface/store.ts'
@@ -69,6 +75,8 @@ export interface BlobTransferInit {
   swarmPatienceMs?: number
   /** Members of the swarm that take pieces from the registry. Default: every member known. */
   registryFetchers?: number
+  /** With nothing to ask of peers, the registry may take any unclaimed piece. Default true. */
+  starvingTakesAny?: boolean
   /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
   priority?: number
 }
@@ -91,6 +99,8 @@ const MAX_STRIKES = 2
 const TICK_MS = 200
 // Under a download cap, peer requests in flight carry at most this many seconds of the link.
 const PEER_QUEUE_SECONDS = 2
+// A peer that answered `PIECE_BUSY` is not asked again for this long.
+const BUSY_BACKOFF_MS = 100
 // A registry request younger than this gives way to a peer's claim on the same piece.
 const YIELD_WINDOW_MS = 500
 
@@ -125,6 +135,9 @@ export class BlobTransfer implements LiveBlob {
   readonly #claimTtlMs: number
   readonly #patienceMs: number
   readonly #registryFetchers: number
+  readonly #starvingTakesAny: boolean
+  /** Peers that answered `PIECE_BUSY`, and until when they are not asked again. */
+  readonly #busyUntil = new Map<string, number>()
   readonly #rank: number
   readonly #registryStart: number
   /** Held pieces: index to hash. */
@@ -182,6 +195,7 @@ export class BlobTransfer implements LiveBlob {
     this.#claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
     this.#patienceMs = init.swarmPatienceMs ?? DEFAULT_SWARM_PATIENCE_MS
     this.#registryFetchers = init.registryFetchers ?? DEFAULT_REGISTRY_FETCHERS
+    this.#starvingTakesAny = init.starvingTakesAny ?? true
     this.#rank = init.priority ?? 0
     this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (let i = 0; i < this.count; i++) this.#missing.add(i)
@@ -372,6 +386,7 @@ export class BlobTransfer implements LiveBlob {
       state,
       sessions: shuffle(sessions),
       peerLoad: (s) => this.#peerLoad.get(s.peerId) ?? 0,
+      capacity: (s) => ((this.#busyUntil.get(s.peerId) ?? 0) > now ? 0 : Number.POSITIVE_INFINITY),
       peerDepth: this.#peerDepth,
       maxPeerFlights: this.#maxPeerFlights,
       registryLoad: this.#registryLoad,
@@ -379,7 +394,7 @@ export class BlobTransfer implements LiveBlob {
       // The registry's pieces are split among the peers known on the blob (see `#owns`); a
       // node with nothing to do from peers may take any piece nobody holds or claims.
       owns: () => this.#owns(this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId)),
-      starvingTakesAny: true
+      starvingTakesAny: this.#starvingTakesAny
     })
     for (const r of plan.requests) this.#launch(r.index, r.peer)
   }
@@ -516,6 +531,12 @@ export class BlobTransfer implements LiveBlob {
       return
     }
     const e = toShoalError(err)
+    if (e instanceof PieceBusyError) {
+      // Not a fault: the peer uploads all it allows. Ask the others, and it again shortly.
+      this.#busyUntil.set(peer.peerId, this.#c.clock.now() + BUSY_BACKOFF_MS)
+      setTimeout(() => this.#pump(), BUSY_BACKOFF_MS + 1)
+      return
+    }
     if (e instanceof DigestMismatchError || e instanceof SizeMismatchError) {
       if (!this.#banned.has(peer.peerId)) this.#c.peers?.ban(peer.peerId, 'bad-piece')
       this.#banned.add(peer.peerId)

@@ -86,6 +86,8 @@ export interface PieceExchangeInit {
   busyRetryAfterMs?: number
   /** Paces the bytes this node uploads to peers (all sessions share it). */
   upload?: TokenBucket | undefined
+  /** Pieces uploaded at once across all sessions; further requests get `PIECE_BUSY`. Default: no limit. */
+  concurrentUploads?: number | undefined
 }
 
 /** Options of `openSession`. */
@@ -140,6 +142,8 @@ export class PieceExchange implements Startable {
   readonly #log: Logger
   readonly #init: PieceExchangeInit
   readonly #uploadSlots: number
+  /** Pieces being uploaded now, shared by every served session (see `concurrentUploads`). */
+  readonly #uploads: { active: number; limit: number } | undefined
   readonly #openTimeoutMs: number
   readonly #requestTimeoutMs: number
   readonly #served = new Set<ServedSession>()
@@ -169,6 +173,8 @@ export class PieceExchange implements Startable {
     this.#init = init
     this.protocol = `${init.protocolPrefix ?? DEFAULT_PROTOCOL_PREFIX}${PIECE_PROTOCOL_SUFFIX}`
     this.#uploadSlots = init.uploadSlots ?? DEFAULT_UPLOAD_SLOTS
+    this.#uploads =
+      init.concurrentUploads === undefined ? undefined : { active: 0, limit: init.concurrentUploads }
     this.#openTimeoutMs = init.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS
     this.#requestTimeoutMs = init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
   }
@@ -440,6 +446,7 @@ export class PieceExchange implements Startable {
       swarmPeers: (digest, asker) => this.#swarmPeers(digest, asker),
       onServing: (digest) => this.#peersChanged(digest),
       upload: this.#init.upload,
+      ...(this.#uploads && { uploads: this.#uploads }),
       onClosed: (s) => {
         this.#served.delete(s)
         if (this.#served.size === 0) for (const done of [...this.#idle]) done()

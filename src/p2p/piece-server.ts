@@ -19,6 +19,7 @@ import { pieceCount, pieceRange } from '../content/pieces.ts'
 import {
   AccessDeniedError,
   BlobUnknownError,
+  PieceBusyError,
   ProtocolViolationError,
   RangeNotSatisfiableError,
   toShoalError
@@ -61,6 +62,11 @@ export interface ServedSessionInit {
   onUnknown?: (peerId: string, digest: string) => void
   /** Paces what this node uploads; absent, uploads are not capped. */
   upload?: TokenBucket | undefined
+  /**
+   * Pieces this node is uploading now across all sessions, and how many it allows; beyond
+   * that a request is answered `PIECE_BUSY` so the asker turns to another holder. Absent: no limit.
+   */
+  uploads?: { active: number; readonly limit: number }
   /** Other peers known to be on a blob, for peer exchange (the asker is left out). */
   swarmPeers?: (digest: string, asker: string) => WirePeer[]
   /** Told when the session starts serving `digest`: one more peer on that blob. */
@@ -369,6 +375,20 @@ export class ServedSession {
       sendFrame(this.#stream, { type: 'reject', index, code: BlobUnknownError.code })
       return
     }
+    const uploads = this.#init.uploads
+    if (uploads !== undefined && uploads.active >= uploads.limit) {
+      sendFrame(this.#stream, { type: 'reject', index, code: PieceBusyError.code })
+      return
+    }
+    if (uploads !== undefined) uploads.active++
+    try {
+      await this.#sendPiece(index, partial)
+    } finally {
+      if (uploads !== undefined) uploads.active--
+    }
+  }
+
+  async #sendPiece(index: number, partial: boolean): Promise<void> {
     const range = pieceRange(index, this.#size, this.#pieceSize)
     const signal = this.#abort.signal
     let data: Uint8Array

@@ -9,6 +9,7 @@ import {
   AbortedError,
   BlobUnknownError,
   PeerDrainingError,
+  PieceBusyError,
   RangeNotSatisfiableError,
   type ShoalError,
   UpstreamTimeoutError,
@@ -91,6 +92,8 @@ export function rejectError(code: string, message: string): ShoalError {
       return new RangeNotSatisfiableError(message)
     case PeerDrainingError.code:
       return new PeerDrainingError(`${message}: the peer is draining`)
+    case PieceBusyError.code:
+      return new PieceBusyError(`${message}: the peer is uploading all the pieces it allows`)
     default:
       return new UpstreamUnavailableError(`${message} (${code})`)
   }

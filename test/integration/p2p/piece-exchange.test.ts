@@ -13,7 +13,8 @@ import { KiB, MIN_PIECE_SIZE, MiB } from '../../../src/constants.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { encodePieceList } from '../../../src/content/piece-list.ts'
 import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
-import { BlobUnknownError, DigestMismatchError } from '../../../src/errors.ts'
+import { BlobUnknownError, DigestMismatchError, PieceBusyError } from '../../../src/errors.ts'
+import { TokenBucket } from '../../../src/fetch/token-bucket.ts'
 import type { LiveBlob, LiveBlobEvent } from '../../../src/interface/peers.ts'
 import { Bitfield } from '../../../src/p2p/bitfield.ts'
 import { loadOrCreatePrivateKey } from '../../../src/p2p/identity.ts'
@@ -395,6 +396,32 @@ describe('PieceExchange between real libp2p hosts on loopback', { timeout: 30_00
     const second = await client.openSession(peerOf(seeder), blob.digest)
     assert.equal(sha256Hex(await second.fetchPiece(0)), blob.pieceList.hashes[0])
     await second.close()
+  })
+
+  it('with one concurrent upload, a piece asked while another is on its way hears PIECE_BUSY', async () => {
+    const prefix = '/one-upload'
+    // 64 KiB/s: a 64 KiB piece takes about a second to go out.
+    const upload = new TokenBucket(64 * KiB, 1)
+    const server = exchange(seeder, stores[0]!, { protocolPrefix: prefix, concurrentUploads: 1, upload })
+    const a = exchange(leecher, stores[1]!, { protocolPrefix: prefix })
+    const b = exchange(rogue, stores[2]!, { protocolPrefix: prefix })
+    await Promise.all([server.start(), a.start(), b.start()])
+    const sa = await a.openSession(peerOf(seeder), blob.digest)
+    const sb = await b.openSession(peerOf(seeder), blob.digest)
+    // The bucket lets a piece through and then runs a second in debt: piece 1 waits about a
+    // second for it, holding the one upload.
+    assert.equal(sha256Hex(await sa.fetchPiece(0)), blob.pieceList.hashes[0])
+    const first = sa.fetchPiece(1)
+    await sleep(200)
+    await assert.rejects(sb.fetchPiece(2), (err: Error) => {
+      assert.ok(err instanceof PieceBusyError, `${err.name}: ${err.message}`)
+      assert.equal((err as PieceBusyError).code, 'PIECE_BUSY')
+      return true
+    })
+    assert.equal(sha256Hex(await first), blob.pieceList.hashes[1])
+    // The upload is over: the same session is served now.
+    assert.equal(sha256Hex(await sb.fetchPiece(2)), blob.pieceList.hashes[2])
+    await Promise.all([sa.close(), sb.close()])
   })
 
   it('a client breaking the protocol has its stream reset and frees its slot', async () => {

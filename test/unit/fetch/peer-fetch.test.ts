@@ -8,7 +8,12 @@ import { systemClock } from '../../../src/clock.ts'
 import { accessKey } from '../../../src/content/access.ts'
 import { digestOf, sha256Hex } from '../../../src/content/digest.ts'
 import { pieceCount, pieceRange } from '../../../src/content/pieces.ts'
-import { AbortedError, DigestMismatchError, UpstreamUnavailableError } from '../../../src/errors.ts'
+import {
+  AbortedError,
+  DigestMismatchError,
+  PieceBusyError,
+  UpstreamUnavailableError
+} from '../../../src/errors.ts'
 import { BlobFetcher } from '../../../src/fetch/blob-fetcher.ts'
 import { ENDGAME_PIECES } from '../../../src/fetch/piece-picker.ts'
 import type {
@@ -43,6 +48,9 @@ class MemoryPeer implements PeerBlobSession {
   forged = new Map<number, { bytes: Uint8Array; announce: boolean }>()
   /** Fail every request after this many pieces (a peer that goes away). */
   dieAfter = Number.POSITIVE_INFINITY
+  /** Answer this many requests with PIECE_BUSY first (a peer uploading all it allows). */
+  busyFor = 0
+  busyAnswers = 0
 
   constructor(peerId: string, data: Uint8Array, pieces: Iterable<number>) {
     this.peerId = peerId
@@ -92,6 +100,10 @@ class MemoryPeer implements PeerBlobSession {
     if (!this.open || this.served >= this.dieAfter) {
       this.close()
       throw new UpstreamUnavailableError(`${this.peerId} went away`)
+    }
+    if (this.busyAnswers < this.busyFor) {
+      this.busyAnswers++
+      throw new PieceBusyError(`${this.peerId} is uploading all it allows`)
     }
     this.served++
     await sleep(1)
@@ -284,6 +296,19 @@ describe('BlobFetcher with a swarm', () => {
     assert.ok(honest.served > 0)
     const failures = (await metrics.verifyFailures.get()).values.find((v) => v.labels.kind === 'blob')
     assert.equal(failures?.value, 1)
+  })
+
+  it('asks a peer that answered PIECE_BUSY again shortly, without counting it a fault', async () => {
+    const { data, digest, all } = blob(6)
+    const a = swarm.add(digest, new MemoryPeer('a', data, all))
+    // More busy answers than the strikes a peer may cause: they must not count as faults.
+    a.busyFor = 5
+    const info = await fetcher.fetch({ digest, size: data.length, ...at })
+    assert.equal(info.complete, true)
+    assert.equal(a.busyAnswers, 5)
+    assert.equal(a.served, 6)
+    assert.equal(upstream.requests.length, 0)
+    assert.deepEqual(swarm.banned, [])
   })
 
   it('finishes from the seed when its only peer goes away mid-blob', async () => {
