@@ -52,8 +52,11 @@ export interface NetnsAgent {
   socket: string
   process: NetnsProcess
   status(): Promise<NodeStatus>
-  /** Pulls `reference` through the socket and resolves with the `done` event. */
-  pull(reference: string, options?: AbortOptions): Promise<PullEvent & { type: 'done' }>
+  /**
+   * Pulls `reference` through the socket and resolves with the `done` event. It ends when the
+   * agent ends the stream: stopping the agent is how a run abandons a pull.
+   */
+  pull(reference: string): Promise<PullEvent & { type: 'done' }>
   stop(): Promise<void>
 }
 
@@ -128,17 +131,20 @@ export async function startNetnsAgent(init: NetnsAgentInit, options: AbortOption
     socket,
     process: proc,
     status,
-    pull: async (reference, pullOptions = {}) => {
+    pull: async (reference) => {
+      // The stream is read to its end whatever comes: leaving it early while the response is
+      // still open would leave the response's later 'aborted' error (when the agent stops)
+      // with no listener, and that ends this process.
+      let end: PullEvent | { type: 'error'; code: string } | undefined
       for await (const e of streamAgent<PullEvent | { type: 'error'; code: string; message?: string }>(
         socket,
         '/v1/pull',
         { reference }
       )) {
-        pullOptions.signal?.throwIfAborted()
-        if (e.type === 'done') return e
-        if (e.type === 'error') throw new Error(`agent ${init.index}: pull failed: ${JSON.stringify(e)}`)
+        if (e.type === 'done' || e.type === 'error') end = e
       }
-      throw new Error(`agent ${init.index}: the pull ended without a result`)
+      if (end?.type === 'done') return end
+      throw new Error(`agent ${init.index}: the pull ended without a result: ${JSON.stringify(end ?? null)}`)
     },
     stop: () => proc.stop()
   }

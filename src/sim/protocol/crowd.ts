@@ -70,7 +70,7 @@ export async function crowd(
   await sample(true)
   const pulls = agents.map(async (a, i) => {
     await sleep((shape.arrivals[i] ?? 0) * 1000, undefined, { signal })
-    const e = await a.pull(reference, { signal })
+    const e = await a.pull(reference)
     completion[i] = elapsed()
     fromPeers[i] = e.bytes.peer ?? 0
     digests[i] = e.manifestDigest
