@@ -35,11 +35,13 @@ async function lastEvent(agent: TestAgent, path: string, body: unknown): Promise
   return last
 }
 
+/** True while the process runs; a dead one is counted as an unexpected crash. */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
   } catch {
+    tally('unexpected crashes', 1, import.meta.url)
     return false
   }
 }

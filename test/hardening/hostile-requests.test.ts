@@ -32,11 +32,13 @@ interface Case {
   code?: string
 }
 
+/** True while the process runs; a dead one is counted as an unexpected crash. */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
   } catch {
+    tally('unexpected crashes', 1, import.meta.url)
     return false
   }
 }
@@ -418,5 +420,6 @@ describe('hostile requests to a real agent', { timeout: 180_000 }, () => {
     tally('hostile inputs tried', n, import.meta.url)
     tally('concurrent requests held', n, import.meta.url)
     assert.ok(alive(agent.pid))
+    tally('unexpected crashes', 0, import.meta.url)
   })
 })
