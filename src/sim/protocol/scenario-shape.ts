@@ -60,11 +60,18 @@ export function protocolShape(s: Scenario): ProtocolShape {
       : Array.from({ length: n }, () => (spread > 0 ? random() * spread : 0))
   const latency = Number((s.topology as { latency?: unknown }).latency ?? 0)
   const o = s.shoal
+  // The swarm settings the agent shares with the model, under the same names.
+  const swarm: Record<string, unknown> = {}
+  for (const key of ['concurrentUploads', 'registryFetchers', 'starvingTakesAny']) {
+    const v = (o as Record<string, unknown>)[key]
+    if (v !== undefined) swarm[key] = v
+  }
   const agentConfig: Record<string, unknown> = {
     store: { pieceSize },
-    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } })
+    ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } }),
+    ...(Object.keys(swarm).length > 0 && { swarm })
   }
-  const mapped = new Set(['registryWindow'])
+  const mapped = new Set(['registryWindow', ...Object.keys(swarm)])
   const ignored = Object.keys(o).filter((k) => !mapped.has(k))
   const faults = (s as { faults?: Record<string, unknown> }).faults
   if (faults !== undefined && Object.keys(faults).length > 0) ignored.push('faults (not played here)')

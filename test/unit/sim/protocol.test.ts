@@ -90,14 +90,18 @@ describe('protocol shape of a scenario', () => {
         registryUpload: '2MiB'
       },
       image: { size: '8MiB', pieceSize: '1MiB' },
-      shoal: { registryWindow: 3, patience: 10 }
+      shoal: { registryWindow: 3, patience: 10, registryFetchers: 2 }
     })
     const shape = protocolShape(s)
     const F = 8 * 2 ** 20
     assert.equal(shape.imageBytes, F)
     assert.equal(shape.tMin, Math.max(F / (2 * 2 ** 20), F / (4 * 2 ** 20), (4 * F) / (8 * 2 ** 20)))
     assert.deepEqual(shape.arrivals, [0, 0, 0, 0])
-    assert.deepEqual(shape.agentConfig, { store: { pieceSize: 2 ** 20 }, fetch: { registryConcurrency: 3 } })
+    assert.deepEqual(shape.agentConfig, {
+      store: { pieceSize: 2 ** 20 },
+      fetch: { registryConcurrency: 3 },
+      swarm: { registryFetchers: 2 }
+    })
     assert.deepEqual(shape.ignored, ['patience'])
   })
 
