@@ -180,7 +180,8 @@ class SwarmModel {
         this.#queue.now = tNet
         for (const f of this.#net.advance(tNet)) this.#landed(f)
       } else {
-        this.#net.advance(tEv)
+        // A flow may end within rounding of the event: it lands first.
+        for (const f of this.#net.advance(tEv)) this.#landed(f)
         this.#queue.pop()?.()
       }
     }

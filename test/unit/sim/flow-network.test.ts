@@ -142,3 +142,18 @@ describe('FlowNetwork local refill', () => {
     assert.ok(worst < 0.01, `largest rate difference ${worst}`)
   })
 })
+
+describe('FlowNetwork.advance', () => {
+  it('returns a flow that ends within rounding of the time it is advanced to', () => {
+    const net = new FlowNetwork<string>()
+    const f = net.start([link('u', 3)], 1, 'third')
+    const end = net.nextCompletion()
+    // Advanced to a hair before its end (as an event scheduled then would): it is done.
+    const done = net.advance(end * (1 - 1e-14))
+    assert.deepEqual(
+      done.map((x) => x.tag),
+      ['third']
+    )
+    assert.equal(f.live, false)
+  })
+})
