@@ -35,8 +35,15 @@ export async function* streamAgent<T>(socketPath: string, path: string, body: un
       json?.error?.message ?? `HTTP ${res.statusCode}`
     )
   }
-  for await (const line of createInterface({ input: res, crlfDelay: Number.POSITIVE_INFINITY })) {
-    if (line.trim()) yield JSON.parse(line) as T
+  // A caller that stops reading early (a `return` out of its loop) must not leave the response
+  // open: its later error would go unhandled.
+  res.on('error', () => {})
+  try {
+    for await (const line of createInterface({ input: res, crlfDelay: Number.POSITIVE_INFINITY })) {
+      if (line.trim()) yield JSON.parse(line) as T
+    }
+  } finally {
+    res.destroy()
   }
 }
 
