@@ -114,7 +114,9 @@ export class TokenBucket {
 
   #refill(rate: number): void {
     const now = this.#now()
-    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#updated) / 1000) * rate)
+    // A clock that steps back (an injected wall clock) adds nothing rather than a deep debt.
+    const elapsed = Math.max(0, now - this.#updated)
+    this.#tokens = Math.min(this.#burst, this.#tokens + (elapsed / 1000) * rate)
     this.#updated = now
   }
 }

@@ -2,6 +2,7 @@ import { createHash, type Hash } from 'node:crypto'
 import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
+import { steadyNow } from '../clock.ts'
 import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
@@ -136,7 +137,7 @@ export class BlobTransfer implements LiveBlob {
   readonly #patienceMs: number
   readonly #registryFetchers: number
   readonly #starvingTakesAny: boolean
-  /** Peers that answered `PIECE_BUSY`, and until when they are not asked again. */
+  /** Peers that answered `PIECE_BUSY`, and until when (steady clock) they are not asked again. */
   readonly #busyUntil = new Map<string, number>()
   readonly #rank: number
   readonly #registryStart: number
@@ -210,7 +211,7 @@ export class BlobTransfer implements LiveBlob {
     // Alone, the registry walks the blob in order; in a swarm each node starts somewhere else.
     this.#registryStart = components.peers ? Math.floor(Math.random() * Math.max(this.count, 1)) : 0
     this.startedAt = components.clock.now()
-    this.#lastProgress = this.startedAt
+    this.#lastProgress = this.#steady()
   }
 
   /** True when peers may have supplied pieces of this transfer. */
@@ -348,6 +349,11 @@ export class BlobTransfer implements LiveBlob {
     this.#settle?.reject(this.#failure)
   }
 
+  /** Now on the transfer's steady clock: ages of flights, claims and progress. */
+  #steady(): number {
+    return this.#c.clock.steady?.() ?? this.#c.clock.now()
+  }
+
   #len(i: number): number {
     const r = pieceRange(i, this.size, this.pieceSize)
     return r.end - r.start
@@ -360,7 +366,7 @@ export class BlobTransfer implements LiveBlob {
       if (this.#flights.size === 0 && this.#landing.size === 0) this.#settle.resolve()
       return
     }
-    const now = this.#c.clock.now()
+    const now = this.#steady()
     const sessions = (this.#c.peers?.sessions() ?? []).filter(
       (s) =>
         s.size === this.size &&
@@ -374,13 +380,14 @@ export class BlobTransfer implements LiveBlob {
       heldCount: this.#held.size,
       count: this.count,
       peers: sessions,
-      now: Date.now(),
+      // Peers' claims are stamped on the same steady clock (piece-client.ts).
+      now: steadyNow(),
       claimTtlMs: this.#claimTtlMs,
       impatient: now - this.#lastProgress > this.#patienceMs,
       registryStart: this.#registryStart,
       random: Math.random
     }
-    this.#yieldToLowerClaims(sessions, now)
+    this.#yieldToLowerClaims(sessions, now, state.now)
     this.#renewClaims(now)
     const plan = planRequests({
       state,
@@ -454,14 +461,20 @@ export class BlobTransfer implements LiveBlob {
    * only while its request is young; past that, finishing costs the registry less than starting
    * over elsewhere.
    */
-  #yieldToLowerClaims(sessions: PeerBlobSession[], now: number): void {
+  #yieldToLowerClaims(sessions: PeerBlobSession[], now: number, claimNow: number): void {
     const self = this.#c.peers?.localPeerId
     if (self === undefined) return
+    // Only a live claim counts: a stale one (a peer that claimed and went quiet) would make this
+    // node give up every registry request for the piece while it is young, again and again.
+    const claims = (s: PeerBlobSession, i: number) => {
+      const since = s.fetchingSince(i)
+      return since !== undefined && claimNow - since < this.#claimTtlMs
+    }
     for (const [i, flights] of this.#flights) {
       if (this.#priority.includes(i)) continue
       const mine = flights.find((f) => f.source === REGISTRY)
       if (mine === undefined || mine.abort.signal.aborted || now - mine.started > YIELD_WINDOW_MS) continue
-      const lower = sessions.some((s) => s.peerId < self && s.fetchingSince(i) !== undefined && !s.has(i))
+      const lower = sessions.some((s) => s.peerId < self && claims(s, i) && !s.has(i))
       if (lower) {
         this.#c.logger.debug({ digest: this.digest, index: i }, 'registry piece left to a peer')
         mine.abort.abort(new AbortedError(`piece ${i} is being fetched by a peer`))
@@ -487,7 +500,7 @@ export class BlobTransfer implements LiveBlob {
 
   #launch(i: number, peer: PeerBlobSession | undefined): void {
     const source = peer?.peerId ?? REGISTRY
-    const started = this.#c.clock.now()
+    const started = this.#steady()
     const flight: Flight = { source, abort: abortController(), started }
     const signal = AbortSignal.any([this.#abort.signal, flight.abort.signal])
     const list = this.#flights.get(i)
@@ -519,7 +532,7 @@ export class BlobTransfer implements LiveBlob {
   }
 
   #observe(source: PieceSource, started: number): void {
-    this.#c.metrics?.pieceSeconds.observe({ source }, (this.#c.clock.now() - started) / 1000)
+    this.#c.metrics?.pieceSeconds.observe({ source }, (this.#steady() - started) / 1000)
   }
 
   #onFlightError(i: number, peer: PeerBlobSession | undefined, flight: Flight, err: unknown): void {
@@ -533,7 +546,7 @@ export class BlobTransfer implements LiveBlob {
     const e = toShoalError(err)
     if (e instanceof PieceBusyError) {
       // Not a fault: the peer uploads all it allows. Ask the others, and it again shortly.
-      this.#busyUntil.set(peer.peerId, this.#c.clock.now() + BUSY_BACKOFF_MS)
+      this.#busyUntil.set(peer.peerId, this.#steady() + BUSY_BACKOFF_MS)
       setTimeout(() => this.#pump(), BUSY_BACKOFF_MS + 1)
       return
     }
@@ -542,11 +555,22 @@ export class BlobTransfer implements LiveBlob {
       this.#banned.add(peer.peerId)
       return
     }
-    this.#strikes.set(peer.peerId, (this.#strikes.get(peer.peerId) ?? 0) + 1)
+    const strikes = (this.#strikes.get(peer.peerId) ?? 0) + 1
+    this.#strikes.set(peer.peerId, strikes)
     this.#c.logger.debug(
       { digest: this.digest, index: i, peer: peer.peerId, err: e.message },
       'peer piece failed'
     )
+    // No longer asked: its other requests go back to the pool at once. Left to run, each would
+    // hold its piece (from the registry too) until its own timeout, a stalled peer's 30 s.
+    if (strikes === MAX_STRIKES) {
+      for (const flights of this.#flights.values()) {
+        for (const f of flights) {
+          if (f.source === peer.peerId)
+            f.abort.abort(new AbortedError(`peer ${peer.peerId} is no longer asked`))
+        }
+      }
+    }
   }
 
   async #fromPeer(i: number, peer: PeerBlobSession, signal: AbortSignal): Promise<void> {
@@ -604,7 +628,7 @@ export class BlobTransfer implements LiveBlob {
     } else {
       this.#voucher.set(i, voucher)
     }
-    this.#lastProgress = this.#c.clock.now()
+    this.#lastProgress = this.#steady()
     // The other sources of this piece (endgame) are no longer needed.
     for (const f of this.#flights.get(i) ?? []) f.abort.abort(new AbortedError(`piece ${i} arrived`))
     // The piece the whole-blob hash needs next is hashed now, while it is in memory; any other

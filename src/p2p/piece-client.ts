@@ -10,6 +10,7 @@
  */
 import type { Stream } from '@libp2p/interface'
 import type { Logger } from 'pino'
+import { steadyNow } from '../clock.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { decodePieceList } from '../content/piece-list.ts'
 import { checkGeometry, pieceCount, pieceRange } from '../content/pieces.ts'
@@ -342,7 +343,7 @@ export class ClientSession implements PeerBlobSession {
       case 'fetching':
         this.#checkIndex(msg.index, 'fetching')
         if (this.has(msg.index)) return
-        this.#fetching.set(msg.index, Date.now())
+        this.#fetching.set(msg.index, steadyNow())
         this.#emit({ type: 'fetching', index: msg.index })
         return
       case 'peers': {

@@ -13,6 +13,12 @@ export interface ThrottleProxy {
   setRate(bytesPerSecond: number): void
   /** While on, every blob request is answered 503 (a registry whose storage is down). */
   refuseBlobs(on: boolean): void
+  /** Plays `fault` on each of the next `count` blob GETs instead of answering them faithfully. */
+  injectBlobFaults(fault: BlobFault, count: number): void
+  /** Drops the faults not played yet. */
+  clearBlobFaults(): void
+  /** Blob GETs answered with an injected fault since the last reset. */
+  faultsPlayed(): number
   /** Every blob GET since the last reset: its Range header, bytes sent, and when (ms). */
   blobRequests(): BlobRequest[]
   resetCounters(): void
@@ -25,7 +31,19 @@ export interface BlobRequest {
   bytes: number
   startedAt: number
   endedAt: number | undefined
+  /** The fault played on it, if any (`BlobFault['kind']`). */
+  fault?: BlobFault['kind']
 }
+
+/**
+ * How a registry misbehaves on one blob GET: `status` answers that status (with `Retry-After`
+ * when given) and no blob; `cut` forwards the headers and `afterBytes` of the body, then
+ * resets the connection; `hang` forwards the headers and then sends nothing, ever.
+ */
+export type BlobFault =
+  | { kind: 'status'; status: number; retryAfter?: string }
+  | { kind: 'cut'; afterBytes: number }
+  | { kind: 'hang' }
 
 const BLOB_PATH = /\/blobs\/(sha256:[a-f0-9]{64})/
 
@@ -46,6 +64,8 @@ export async function startThrottleProxy(
   const counts = new Map<string, number>()
   let requests: BlobRequest[] = []
   let refusing = false
+  const faults: BlobFault[] = []
+  let played = 0
   const sockets = new Set<Socket>()
 
   const throttle = (digest: string | undefined, record: BlobRequest | undefined) => {
@@ -102,14 +122,32 @@ export async function startThrottleProxy(
     res.once('close', () => {
       if (record) record.endedAt = Date.now()
     })
+    const fault = record ? faults.shift() : undefined
+    if (record && fault) {
+      record.fault = fault.kind
+      played++
+      if (fault.kind === 'status') {
+        const extra = fault.retryAfter === undefined ? {} : { 'retry-after': fault.retryAfter }
+        res
+          .writeHead(fault.status, { 'content-type': 'application/json', ...extra })
+          .end('{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}')
+        return
+      }
+    }
     const headers = { ...req.headers, host: upstream.host }
     const out = request(
       { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers },
       (up) => {
         res.writeHead(up.statusCode ?? 502, up.headers)
-        pipeline(up, throttle(req.method === 'GET' ? digest : undefined, record), res).catch(() =>
-          res.destroy()
-        )
+        if (fault?.kind === 'hang') {
+          res.flushHeaders()
+          up.resume()
+          return
+        }
+        const cut =
+          fault?.kind === 'cut' ? cutAfter(fault.afterBytes, () => res.socket?.destroy()) : undefined
+        const body = throttle(req.method === 'GET' ? digest : undefined, record)
+        ;(cut ? pipeline(up, cut, body, res) : pipeline(up, body, res)).catch(() => res.destroy())
       }
     )
     out.on('error', () => {
@@ -135,13 +173,42 @@ export async function startThrottleProxy(
     refuseBlobs: (on) => {
       refusing = on
     },
+    injectBlobFaults: (fault, count) => {
+      for (let i = 0; i < count; i++) faults.push(fault)
+    },
+    clearBlobFaults: () => {
+      faults.length = 0
+    },
+    faultsPlayed: () => played,
     resetCounters: () => {
       counts.clear()
       requests = []
+      played = 0
     },
     stop: async () => {
       for (const s of sockets) s.destroy()
       await new Promise<void>((r) => server.close(() => r()))
     }
   }
+}
+
+/**
+ * Passes `limit` bytes through, then calls `cut` (which resets the connection). The body never
+ * ends on its own: a short body that ended cleanly would leave the client waiting for the rest.
+ */
+function cutAfter(limit: number, cut: () => void): Transform {
+  let passed = 0
+  return new Transform({
+    transform(chunk: Buffer, _enc, done: TransformCallback) {
+      const room = limit - passed
+      if (room > 0) this.push(chunk.subarray(0, room))
+      passed += chunk.length
+      // Let what was pushed reach the socket first, then reset it.
+      if (passed >= limit && passed - chunk.length < limit) setTimeout(cut, 20)
+      done()
+    },
+    flush() {
+      setTimeout(cut, 20)
+    }
+  })
 }
