@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs'
-import { chmod, type FileHandle, mkdir, open, readdir, rm, stat } from 'node:fs/promises'
+import { chmod, type FileHandle, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { Logger } from 'pino'
@@ -79,6 +79,8 @@ interface PieceRecord {
 type IndexValue = BlobRecord | PieceRecord
 
 const STREAM_CHUNK = 256 * 1024
+/** Room held back on the store's file system for the index to open on a full disk (see `#openIndex`). */
+const RESERVE_BYTES = 4 * 1024 * 1024
 
 const blobKey = (digest: string) => `b!${digest}`
 const pieceKey = (digest: string, index: number) => `p!${digest}!${String(index).padStart(8, '0')}`
@@ -123,7 +125,7 @@ export class LevelBlobStore implements BlobStore {
     await chmod(this.#root, 0o700)
     await mkdir(this.#dataDir, { recursive: true })
     const db = new Level<string, IndexValue>(join(this.#root, 'index'), { valueEncoding: 'json' })
-    await db.open()
+    await this.#openIndex(db)
     this.#db = db
     try {
       await this.#load(db)
@@ -133,8 +135,50 @@ export class LevelBlobStore implements BlobStore {
       await db.close()
       throw err
     }
+    await this.#layReserve()
     const u = this.#quota.usage()
     this.#log.info({ blobs: u.blobs, complete: u.completeBlobs, usedBytes: u.usedBytes }, 'store opened')
+  }
+
+  /**
+   * Opens the index. LevelDB writes as it opens (a new log, the manifest), so on a full file
+   * system it cannot, and an agent stopped by a full disk could not start again to evict. The
+   * store keeps `RESERVE_BYTES` in `<root>/reserve` for that moment: given back, the index opens.
+   */
+  async #openIndex(db: Level<string, IndexValue>): Promise<void> {
+    try {
+      await db.open()
+      return
+    } catch (err) {
+      if (!isDiskFull(err)) throw err
+      const freed = (await stat(this.#reservePath()).catch(() => undefined))?.size ?? 0
+      this.#log.warn({ freed }, 'the index cannot open on a full file system: giving back the reserve')
+      await rm(this.#reservePath(), { force: true })
+    }
+    try {
+      await db.open()
+    } catch (err) {
+      if (isDiskFull(err)) {
+        throw new DiskFullError('the store index cannot open: the file system is full', { cause: err })
+      }
+      throw err
+    }
+  }
+
+  /** Lays the reserve `#openIndex` gives back, when there is room for it (a full disk may not have). */
+  async #layReserve(): Promise<void> {
+    const path = this.#reservePath()
+    if ((await stat(path).catch(() => undefined))?.size === RESERVE_BYTES) return
+    try {
+      await writeFile(path, new Uint8Array(RESERVE_BYTES))
+    } catch (err) {
+      await rm(path, { force: true })
+      this.#log.warn({ err: (err as Error).message }, 'no room for the store reserve')
+    }
+  }
+
+  #reservePath(): string {
+    return join(this.#root, 'reserve')
   }
 
   async stop(): Promise<void> {
