@@ -90,7 +90,10 @@ export async function startAgent(init: TestAgentInit): Promise<TestAgent> {
   let status: AgentStatus | undefined
   for (let i = 0; i < 200 && alive; i++) {
     try {
-      status = await callAgent<AgentStatus>(socket, 'GET', '/v1/status')
+      const s = await callAgent<AgentStatus>(socket, 'GET', '/v1/status')
+      // The socket answers before the mirror listens: until it does, it reports port 0.
+      if (s.mirror?.endsWith(':0')) throw new Error('the mirror is not listening yet')
+      status = s
       break
     } catch {
       await new Promise((r) => setTimeout(r, 100))
