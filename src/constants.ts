@@ -51,6 +51,10 @@ export const DEFAULT_CLAIM_TTL_MS = 15_000
 export const DEFAULT_SWARM_PATIENCE_MS = 30_000
 /**
  * Members of a blob's swarm that take its pieces from the registry (see
- * `assignRegistryPieces`): by default every member it knows.
+ * `assignRegistryPieces`, decision 12): few, so the registry sends one piece after another.
  */
-export const DEFAULT_REGISTRY_FETCHERS = Number.POSITIVE_INFINITY
+export const DEFAULT_REGISTRY_FETCHERS = 4
+/** Pieces a node uploads at once (decision 12): a fresh piece doubles instead of trickling to all. */
+export const DEFAULT_CONCURRENT_UPLOADS = 2
+/** Whether a node with nothing to ask of peers takes any unclaimed piece (decision 12: no). */
+export const DEFAULT_STARVING_TAKES_ANY = false

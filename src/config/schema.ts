@@ -1,13 +1,16 @@
 import { z } from 'zod'
 import {
+  DEFAULT_CONCURRENT_UPLOADS,
   DEFAULT_DRAIN_TIMEOUT,
   DEFAULT_LVM_POOL,
   DEFAULT_LVM_POOL_SIZE,
   DEFAULT_LVM_VOLUME_SIZE,
   DEFAULT_MIRROR_LISTEN,
   DEFAULT_PIECE_SIZE,
+  DEFAULT_REGISTRY_FETCHERS,
   DEFAULT_REGISTRY_PIECE_CONCURRENCY,
   DEFAULT_REGISTRY_STREAMS,
+  DEFAULT_STARVING_TAKES_ANY,
   DEFAULT_STORE_QUOTA,
   DEFAULT_UPSTREAM_BODY_TIMEOUT,
   DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
@@ -165,13 +168,13 @@ export const configSchema = z.strictObject({
       uploadSlots: z.number().int().min(1).max(1024).default(64),
       /**
        * Pieces this node uploads at once across all sessions; a request beyond gets `PIECE_BUSY`
-       * and goes to another holder (unset: no limit). See docs/decisions/0012.
+       * and goes to another holder. See docs/decisions/0012.
        */
-      concurrentUploads: z.number().int().min(1).max(1024).optional(),
-      /** Members of a blob's swarm that take its pieces from the registry (unset: every member). */
-      registryFetchers: z.number().int().min(1).max(1024).optional(),
+      concurrentUploads: z.number().int().min(1).max(1024).default(DEFAULT_CONCURRENT_UPLOADS),
+      /** Members of a blob's swarm that take its pieces from the registry. */
+      registryFetchers: z.number().int().min(1).max(1024).default(DEFAULT_REGISTRY_FETCHERS),
       /** A node with nothing to ask of peers may take any unclaimed piece from the registry. */
-      starvingTakesAny: z.boolean().default(true),
+      starvingTakesAny: z.boolean().default(DEFAULT_STARVING_TAKES_ANY),
       /** Cap on the bytes per second this node uploads to peers (unset: no cap). */
       uploadRate: size().optional(),
       /** Dial every address a DNS name resolves to (a Kubernetes headless service). */

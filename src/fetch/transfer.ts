@@ -3,7 +3,12 @@ import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { steadyNow } from '../clock.ts'
-import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
+import {
+  DEFAULT_CLAIM_TTL_MS,
+  DEFAULT_REGISTRY_FETCHERS,
+  DEFAULT_STARVING_TAKES_ANY,
+  DEFAULT_SWARM_PATIENCE_MS
+} from '../constants.ts'
 import { sha256Hex } from '../content/digest.ts'
 import { pieceCount, pieceRange } from '../content/pieces.ts'
 import {
@@ -74,9 +79,9 @@ export interface BlobTransferInit {
   claimTtlMs?: number
   /** Without progress for this long, the registry may take any unclaimed piece. Default 30 s. */
   swarmPatienceMs?: number
-  /** Members of the swarm that take pieces from the registry. Default: every member known. */
+  /** Members of the swarm that take pieces from the registry. Default 4 (decision 12). */
   registryFetchers?: number
-  /** With nothing to ask of peers, the registry may take any unclaimed piece. Default true. */
+  /** With nothing to ask of peers, the registry may take any unclaimed piece. Default false. */
   starvingTakesAny?: boolean
   /** Rank for registry streams: lower goes first (the fetcher numbers transfers as they start). */
   priority?: number
@@ -100,6 +105,8 @@ const MAX_STRIKES = 2
 const TICK_MS = 200
 // Under a download cap, peer requests in flight carry at most this many seconds of the link.
 const PEER_QUEUE_SECONDS = 2
+// A member seen this long without a claim on any piece is taken to be idle (see `#idleOwners`).
+const OWNER_GRACE_MS = 2_000
 // A peer that answered `PIECE_BUSY` is not asked again for this long.
 const BUSY_BACKOFF_MS = 100
 // A registry request younger than this gives way to a peer's claim on the same piece.
@@ -137,6 +144,8 @@ export class BlobTransfer implements LiveBlob {
   readonly #patienceMs: number
   readonly #registryFetchers: number
   readonly #starvingTakesAny: boolean
+  /** When each peer was first seen among this transfer's sessions. */
+  readonly #firstSeen = new Map<string, number>()
   /** Peers that answered `PIECE_BUSY`, and until when (steady clock) they are not asked again. */
   readonly #busyUntil = new Map<string, number>()
   readonly #rank: number
@@ -196,7 +205,7 @@ export class BlobTransfer implements LiveBlob {
     this.#claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
     this.#patienceMs = init.swarmPatienceMs ?? DEFAULT_SWARM_PATIENCE_MS
     this.#registryFetchers = init.registryFetchers ?? DEFAULT_REGISTRY_FETCHERS
-    this.#starvingTakesAny = init.starvingTakesAny ?? true
+    this.#starvingTakesAny = init.starvingTakesAny ?? DEFAULT_STARVING_TAKES_ANY
     this.#rank = init.priority ?? 0
     this.#registrySource = components.upstream.kind === 'registry' ? 'registry' : 'oci-layout'
     for (let i = 0; i < this.count; i++) this.#missing.add(i)
@@ -313,7 +322,6 @@ export class BlobTransfer implements LiveBlob {
         this.#settle = { resolve, reject }
         if (peers) {
           this.#tick = setInterval(() => this.#pump(), TICK_MS)
-          this.#tick.unref()
           peers.ready({ signal: this.#abort.signal }).finally(() => {
             this.#swarmReady = true
             this.#pump()
@@ -400,7 +408,11 @@ export class BlobTransfer implements LiveBlob {
       registryWindow: this.#registryWindow(),
       // The registry's pieces are split among the peers known on the blob (see `#owns`); a
       // node with nothing to do from peers may take any piece nobody holds or claims.
-      owns: () => this.#owns(this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId)),
+      owns: () =>
+        this.#owns(
+          this.#c.peers?.swarmMembers?.() ?? sessions.map((s) => s.peerId),
+          this.#idleOwners(sessions, now, state.now)
+        ),
       starvingTakesAny: this.#starvingTakesAny
     })
     for (const r of plan.requests) this.#launch(r.index, r.peer)
@@ -412,7 +424,7 @@ export class BlobTransfer implements LiveBlob {
    * one with the highest hash of (blob, piece, peer id)). Nodes that know the same members split
    * the blob the same way before any claim reaches them. Recomputed when members change.
    */
-  #owns(members: readonly string[]): ((index: number) => boolean) | undefined {
+  #owns(members: readonly string[], idle: ReadonlySet<string>): ((index: number) => boolean) | undefined {
     const self = this.#c.peers?.localPeerId
     if (self === undefined || members.length === 0) return undefined
     const all = [...new Set([self, ...members])].sort()
@@ -429,7 +441,32 @@ export class BlobTransfer implements LiveBlob {
       this.#owners = { key, owner }
     }
     const owner = this.#owners.owner
-    return (i) => owner[i] === self
+    // The share of a member that shows no sign of fetching it is taken over (see `#idleOwners`).
+    return (i) => owner[i] === self || idle.has(owner[i] as string)
+  }
+
+  /**
+   * Peers seen for a while now that claim no piece: a member that does not fetch its share of
+   * the registry's pieces (an older agent, a stalled one) would otherwise leave those pieces to
+   * this node's patience. `claimNow` is the clock the peers' claims are stamped with.
+   */
+  #idleOwners(sessions: readonly PeerBlobSession[], now: number, claimNow: number): Set<string> {
+    const idle = new Set<string>()
+    for (const s of sessions) {
+      const seen = this.#firstSeen.get(s.peerId)
+      if (seen === undefined) {
+        this.#firstSeen.set(s.peerId, now)
+        continue
+      }
+      if (now - seen < OWNER_GRACE_MS) continue
+      let claiming = false
+      for (let i = 0; i < this.count && !claiming; i++) {
+        const since = s.fetchingSince(i)
+        claiming = since !== undefined && claimNow - since < this.#claimTtlMs
+      }
+      if (!claiming) idle.add(s.peerId)
+    }
+    return idle
   }
 
   /**

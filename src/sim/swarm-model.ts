@@ -18,7 +18,13 @@
  *   banned).
  * Seeded: the same init gives the same result.
  */
-import { DEFAULT_CLAIM_TTL_MS, DEFAULT_REGISTRY_FETCHERS, DEFAULT_SWARM_PATIENCE_MS } from '../constants.ts'
+import {
+  DEFAULT_CLAIM_TTL_MS,
+  DEFAULT_CONCURRENT_UPLOADS,
+  DEFAULT_REGISTRY_FETCHERS,
+  DEFAULT_STARVING_TAKES_ANY,
+  DEFAULT_SWARM_PATIENCE_MS
+} from '../constants.ts'
 import type { PickState } from '../fetch/piece-picker.ts'
 import { assignRegistryPieces, planRequests } from '../fetch/request-plan.ts'
 import { shuffle } from '../shuffle.ts'
@@ -47,7 +53,7 @@ export interface SwarmModelInit {
   haveLatency?: number
   /** Neighbours a node connects to (it accepts up to twice as many). Default: everyone. */
   maxPeers?: number
-  /** Pieces a node uploads at once; further requests are turned away. Default: no limit. */
+  /** Pieces a node uploads at once; further requests are turned away. Default 2 (as the agent). */
   concurrentUploads?: number
   /** Requests in flight to one peer. Default 4 (as the agent). */
   peerDepth?: number
@@ -55,9 +61,9 @@ export interface SwarmModelInit {
   maxPeerFlights?: number
   /** Requests in flight to the registry, per node. Default 4 (as the agent). */
   registryWindow?: number
-  /** Members that take pieces from the registry. Default: all (as the agent). */
+  /** Members that take pieces from the registry. Default 4 (as the agent). */
   registryFetchers?: number
-  /** A node with nothing to ask of peers may take any unclaimed piece. Default true (as the agent). */
+  /** A node with nothing to ask of peers may take any unclaimed piece. Default false (as the agent). */
   starvingTakesAny?: boolean
   /** How long a `fetching` claim holds other nodes off a piece (ms, as the picker). */
   claimTtlMs?: number
@@ -469,7 +475,7 @@ class SwarmModel {
       availability: (i) => node.availability[i] ?? 0,
       random: this.#random
     }
-    const slots = init.concurrentUploads ?? Number.POSITIVE_INFINITY
+    const slots = init.concurrentUploads ?? DEFAULT_CONCURRENT_UPLOADS
     const plan = planRequests({
       state,
       sessions: only === undefined ? shuffle(peers, this.#random) : node.banned.has(only) ? [] : [only],
@@ -480,7 +486,7 @@ class SwarmModel {
       registryLoad: node.registryLoad,
       registryWindow: this.#registryOn ? (init.registryWindow ?? 4) : 0,
       owns: () => (i) => owner[i] === node,
-      starvingTakesAny: init.starvingTakesAny ?? true
+      starvingTakesAny: init.starvingTakesAny ?? DEFAULT_STARVING_TAKES_ANY
     })
     for (const p of plan.blocked) p.waiters.add(node)
     for (const r of plan.requests) this.#launch(node, r.index, r.peer)

@@ -45,19 +45,28 @@ describe('runSwarmModel', () => {
     assert.equal(r.messages.control.length, init.nodes)
   })
 
-  it('comes within the measured factor of T_min x (1 + log2(N)/M) with one upload at a time', () => {
-    // The issue asks for 5 %; the model is not there. Measured on this case: the agent's
-    // settings 2.4x the bound (every node's upload shared by all who want its rarest piece),
-    // one upload slot per node and two registry fetchers 1.2x. This pins both, and that the
-    // second is the better.
+  it('comes within the measured factor of T_min x (1 + log2(N)/M), closer with decision 12', () => {
+    // The issue asks for 5 %; the model is not there. Measured on this case: the settings from
+    // before decision 12 (every node uploads to all who ask, every member fetches from the
+    // registry, starving nodes take any piece) 2.4x the bound; the agent's defaults now 1.6x;
+    // one upload at a time and two registry fetchers 1.3x.
     const init = crowd()
     const bound = lowerBound(init) * (1 + Math.log2(init.nodes) / init.pieces)
-    const agent = max(runSwarmModel(init).completion) / bound
-    const slots = runSwarmModel({ ...init, ...tuned })
-    const best = max(slots.completion) / bound
-    assert.ok(best >= 1 && best < 1.3, `tuned: ${best}`)
-    assert.ok(agent > best * 1.3, `agent settings ${agent} vs tuned ${best}`)
-    assert.ok(Math.abs(slots.registryEgress / init.imageBytes - 1) < 0.01, `egress ${slots.registryEgress}`)
+    const before = runSwarmModel({
+      ...init,
+      concurrentUploads: Number.POSITIVE_INFINITY,
+      registryFetchers: Number.POSITIVE_INFINITY,
+      starvingTakesAny: true
+    })
+    const defaults = runSwarmModel(init)
+    const best = runSwarmModel({ ...init, ...tuned })
+    const ratio = (r: { completion: number[] }) => max(r.completion) / bound
+    assert.ok(ratio(best) >= 1 && ratio(best) < 1.35, `tuned: ${ratio(best)}`)
+    assert.ok(ratio(defaults) < 1.75, `defaults: ${ratio(defaults)}`)
+    assert.ok(ratio(before) > ratio(defaults) * 1.3, `before ${ratio(before)} vs defaults ${ratio(defaults)}`)
+    for (const r of [defaults, best]) {
+      assert.ok(Math.abs(r.registryEgress / init.imageBytes - 1) < 0.01, `egress ${r.registryEgress}`)
+    }
   })
 
   it('gives the same result for the same seed, and another for another seed', () => {
