@@ -80,6 +80,9 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     }
   }
   if (input.registryLoad >= input.registryWindow) return { requests, blocked }
+  // Patience is for a stalled swarm: while a peer is taking pieces from the registry (a fresh
+  // claim), the registry is busy, not stalled, and more requests would only split it.
+  if (state.impatient && anyFreshClaim(state)) state.impatient = false
   let busy = false
   for (const s of sessions) if (input.peerLoad(s) > 0) busy = true
   if (requests.length > 0) busy = true
@@ -93,6 +96,17 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     take(i, undefined)
   }
   return { requests, blocked }
+}
+
+/** True when some peer holds a fresh claim on some piece. */
+function anyFreshClaim(s: PickState): boolean {
+  for (const p of s.peers) {
+    for (let i = 0; i < s.count; i++) {
+      const since = p.fetchingSince(i)
+      if (since !== undefined && s.now - since < s.claimTtlMs) return true
+    }
+  }
+  return false
 }
 
 /**

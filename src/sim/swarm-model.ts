@@ -186,7 +186,8 @@ class SwarmModel {
         this.#queue.now = tNet
         for (const f of this.#net.advance(tNet)) this.#landed(f)
       } else {
-        // A flow may end within rounding of the event: it lands first.
+        // A flow may end within rounding of the event: it lands first, at the event's time.
+        this.#queue.now = tEv
         for (const f of this.#net.advance(tEv)) this.#landed(f)
         this.#queue.pop()?.()
       }

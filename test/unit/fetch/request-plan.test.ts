@@ -96,6 +96,29 @@ describe('planRequests', () => {
   })
 })
 
+describe('planRequests and patience', () => {
+  it('an impatient node waits while a peer is taking pieces from the registry, not after', () => {
+    const claimer = (since: number): PeerView => ({
+      peerId: 'a',
+      has: () => false,
+      fetchingSince: (i) => (i === 1 ? since : undefined)
+    })
+    const plan = (since: number) =>
+      planRequests(
+        input({
+          state: state(4, { peers: [claimer(since)], impatient: true, now: 20_000 }),
+          registryWindow: 4,
+          owns: () => () => false,
+          starvingTakesAny: false
+        })
+      ).requests.map((r) => r.index)
+    // A fresh claim: the registry is busy, not stalled; this node owns nothing, so nothing.
+    assert.deepEqual(plan(19_000), [])
+    // The claim went stale: the swarm is stalled, and patience takes every unclaimed piece.
+    assert.deepEqual(plan(1_000), [0, 1, 2, 3])
+  })
+})
+
 describe('assignRegistryPieces', () => {
   const score = (m: string, i?: number) =>
     createHash('sha256')
