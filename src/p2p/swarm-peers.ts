@@ -415,6 +415,9 @@ class BlobSwarm implements BlobPeers {
             'peer session closed'
           )
           this.#sessions.delete(id)
+          // No longer a member for the registry split (it is one again if it comes back): a
+          // dead member would keep its share of the registry's pieces from everyone.
+          this.#heard.delete(id)
           // A session cut under us (a connection replaced, a peer restarting) is tried again
           // at once, once; a peer that keeps failing waits for the next discovery round.
           const again = !this.#reconnected.has(id)

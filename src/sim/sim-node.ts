@@ -42,8 +42,8 @@ export class SimNode implements PeerView {
   /** Serves corrupt pieces and offers every piece (a malicious peer). */
   malicious = false
   lastProgress = 0
-  /** Bumped on progress: a pending patience check with an older value is void. */
-  progressEpoch = 0
+  /** A patience check is scheduled. */
+  watching = false
   completedAt = Number.POSITIVE_INFINITY
   uploaded = 0
   dhtMessages = 0

@@ -333,10 +333,15 @@ class SwarmModel {
 
   /** Checks `node` again once its patience may have run out. */
   #watch(node: SimNode): void {
-    const epoch = ++node.progressEpoch
+    if (node.watching) return
+    node.watching = true
     const patience = this.#init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000
-    this.#queue.schedule(this.#queue.now + patience * 1.0001, () => {
-      if (node.progressEpoch === epoch && !node.left && !node.done) this.#pump(node)
+    this.#queue.schedule(node.lastProgress + patience * 1.0001, () => {
+      node.watching = false
+      if (node.left || node.done) return
+      // Progress since (its own or its neighbours'): look again when that runs out.
+      if (this.#queue.now - node.lastProgress <= patience) this.#watch(node)
+      else this.#pump(node)
     })
   }
 
@@ -405,7 +410,11 @@ class SwarmModel {
       // The claim holds until the HAVE is out, so no one takes the piece from the registry between.
       to.claims.delete(piece)
       to.controlMessages += to.neighbours.size
-      for (const peer of to.neighbours) if (!peer.held[piece]) this.#pump(peer, to)
+      for (const peer of to.neighbours) {
+        // A neighbour's new piece is the swarm making progress: no reason to lose patience.
+        peer.lastProgress = this.#queue.now
+        if (!peer.held[piece]) this.#pump(peer, to)
+      }
     })
     this.#pump(to)
   }
