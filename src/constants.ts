@@ -48,8 +48,7 @@ export const DEFAULT_LVM_VOLUME_SIZE = '10G'
 /** How long a peer's `fetching` claim keeps other nodes off a piece (renewed while it runs). */
 export const DEFAULT_CLAIM_TTL_MS = 15_000
 /**
- * Without progress (its own, or a peer's new piece) for this long, a transfer may take any
- * unclaimed piece from the registry. 60 s: in the model a 1,000-node crowd loses patience at 30 s
+ * Without progress for this long, a transfer may take any unclaimed piece from the registry. 60 s: in the model a 1,000-node crowd loses patience at 30 s
  * before the first pieces reach it, and the registry sends 7 F (decision 12).
  */
 export const DEFAULT_SWARM_PATIENCE_MS = 60_000

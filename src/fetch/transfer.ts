@@ -144,8 +144,6 @@ export class BlobTransfer implements LiveBlob {
   readonly #patienceMs: number
   readonly #registryFetchers: number
   readonly #starvingTakesAny: boolean
-  /** Pieces each peer held at the last pass: a peer's new piece is the swarm's progress. */
-  readonly #peerHeld = new Map<string, number>()
   /** When each peer was first seen among this transfer's sessions. */
   readonly #firstSeen = new Map<string, number>()
   /** Peers that answered `PIECE_BUSY`, and until when (steady clock) they are not asked again. */
@@ -383,12 +381,6 @@ export class BlobTransfer implements LiveBlob {
         s.pieceSize === this.pieceSize &&
         (this.#strikes.get(s.peerId) ?? 0) < MAX_STRIKES
     )
-    // A peer's new piece is progress too: a node whose neighbours advance is not stalled.
-    for (const s of sessions) {
-      const before = this.#peerHeld.get(s.peerId) ?? 0
-      if (s.held > before) this.#lastProgress = now
-      this.#peerHeld.set(s.peerId, s.held)
-    }
     const state: PickState = {
       missing: this.#missing,
       inFlight: this.#inFlightSources(),

@@ -209,6 +209,8 @@ class BlobSwarm implements BlobPeers {
   readonly #sessions = new Map<string, ClientSession>()
   /** Peers heard to be on this blob: sessions, askers, peer exchange. */
   readonly #heard = new Set<string>()
+  /** Peers whose session closed and has not opened again: not members, whoever mentions them. */
+  readonly #gone = new Set<string>()
   readonly #opening = new Set<string>()
   readonly #retryAt = new Map<string, number>()
   readonly #reconnected = new Set<string>()
@@ -268,7 +270,7 @@ class BlobSwarm implements BlobPeers {
   swarmMembers(): string[] {
     for (const id of this.#c.exchange.recentAskers(this.#digest)) this.#heard.add(id)
     for (const id of this.#sessions.keys()) this.#heard.add(id)
-    return [...this.#heard].filter((id) => !this.#c.bans.isBanned(id))
+    return [...this.#heard].filter((id) => !this.#gone.has(id) && !this.#c.bans.isBanned(id))
   }
 
   onChange(fn: () => void): () => void {
@@ -404,6 +406,7 @@ class BlobSwarm implements BlobPeers {
         return undefined
       }
       this.#sessions.set(id, session)
+      this.#gone.delete(id)
       session.onEvent((e) => {
         if (e.type === 'peers') {
           this.#meet(e.peers)
@@ -418,6 +421,7 @@ class BlobSwarm implements BlobPeers {
           // No longer a member for the registry split (it is one again if it comes back): a
           // dead member would keep its share of the registry's pieces from everyone.
           this.#heard.delete(id)
+          this.#gone.add(id)
           // A session cut under us (a connection replaced, a peer restarting) is tried again
           // at once, once; a peer that keeps failing waits for the next discovery round.
           const again = !this.#reconnected.has(id)

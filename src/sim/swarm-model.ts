@@ -410,11 +410,7 @@ class SwarmModel {
       // The claim holds until the HAVE is out, so no one takes the piece from the registry between.
       to.claims.delete(piece)
       to.controlMessages += to.neighbours.size
-      for (const peer of to.neighbours) {
-        // A neighbour's new piece is the swarm making progress: no reason to lose patience.
-        peer.lastProgress = this.#queue.now
-        if (!peer.held[piece]) this.#pump(peer, to)
-      }
+      for (const peer of to.neighbours) if (!peer.held[piece]) this.#pump(peer, to)
     })
     this.#pump(to)
   }
