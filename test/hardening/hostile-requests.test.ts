@@ -30,6 +30,8 @@ interface Case {
   bytes: Buffer
   status: number
   code?: string
+  /** A reset connection (no answer read) is accepted too. */
+  orReset?: boolean
 }
 
 /** True while the process runs; a dead one is counted as an unexpected crash. */
@@ -83,6 +85,7 @@ describe('hostile requests to a real agent', { timeout: 180_000 }, () => {
     for (const c of cases) {
       const res = await rawExchange(at, c.bytes)
       const code = errorCode(res.body)
+      if (c.orReset && res.status === 0) continue
       if (res.status !== c.status || (c.code !== undefined && code !== c.code) || code === 'INTERNAL') {
         wrong.push(
           `${c.name}: ${res.status} ${code ?? res.body.slice(0, 120)} (want ${c.status} ${c.code ?? ''})`
@@ -130,7 +133,10 @@ describe('hostile requests to a real agent', { timeout: 180_000 }, () => {
         name: 'pull, 20 MB body',
         bytes: post('/v1/pull', 'x'.repeat(20 * 1024 * 1024)),
         status: 400,
-        code: 'BAD_REQUEST'
+        code: 'BAD_REQUEST',
+        // The agent answers and closes while the body is still coming: the sender may see the
+        // connection reset before it reads the answer. Either way the agent must stay whole.
+        orReset: true
       },
       {
         name: 'pull, reference with ../',
