@@ -23,7 +23,7 @@ import { Level } from 'level'
 import { callAgent, streamAgent } from '../../src/cli/socket-client.ts'
 import { pieceRange } from '../../src/content/pieces.ts'
 import { mulberry32 } from '../../src/sim/random.ts'
-import { pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
+import { processAlive, pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
 import { buildTestImages, type PushedImage, type PushedImages, pushTestImages } from '../harness/images.ts'
 import { startRegistry, type TestRegistry } from '../harness/registry.ts'
 import { startThrottleProxy, type ThrottleProxy } from '../harness/throttle-proxy.ts'
@@ -116,15 +116,6 @@ function difference(actual: string[], expected: string[] | undefined): string {
   const extra = actual.filter((l) => !want.has(l)).slice(0, 5)
   const missing = expected.filter((l) => !got.has(l)).slice(0, 5)
   return `${actual.length} paths (clean: ${expected.length}); unexpected: ${extra.join('; ')}; missing: ${missing.join('; ')}`
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 describe('crash safety: SIGKILL during pulls, evictions and materializations', {
@@ -371,7 +362,7 @@ describe('crash safety: SIGKILL during pulls, evictions and materializations', {
 
   /** SIGKILLs an agent; an agent already dead crashed on its own. */
   async function kill(a: TestAgent): Promise<void> {
-    if (!alive(a.pid)) {
+    if (!processAlive(a.pid)) {
       counts.crashes++
       assert.fail(`the agent died before it was killed:\n${a.logs().slice(-3000)}`)
     }

@@ -14,7 +14,7 @@ import { gzipSync } from 'node:zlib'
 import { streamAgent } from '../../src/cli/socket-client.ts'
 import { digestOf } from '../../src/content/digest.ts'
 import { OCI_INDEX, OCI_MANIFEST } from '../../src/oci/media-types.ts'
-import { pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
+import { processAlive, pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
 import { type TarSpec, tarOf } from '../unit/materialize/tars.ts'
 import { type LayoutDescriptor, TestLayout } from './hostile/layout.ts'
 import { tally } from './tally.ts'
@@ -37,13 +37,9 @@ async function lastEvent(agent: TestAgent, path: string, body: unknown): Promise
 
 /** True while the process runs; a dead one is counted as an unexpected crash. */
 function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    tally('unexpected crashes', 1, import.meta.url)
-    return false
-  }
+  if (processAlive(pid)) return true
+  tally('unexpected crashes', 1, import.meta.url)
+  return false
 }
 
 describe('a hostile registry', { timeout: 180_000 }, () => {

@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { gzipSync } from 'node:zlib'
 import { callAgent } from '../../src/cli/socket-client.ts'
-import { pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
+import { processAlive, pullDone, removeAgentDir, startAgent, type TestAgent } from '../harness/agent.ts'
 import { tarOf } from '../unit/materialize/tars.ts'
 import { TestLayout } from './hostile/layout.ts'
 import { errorCode, rawExchange, rawRequest } from './hostile/raw-http.ts'
@@ -36,13 +36,9 @@ interface Case {
 
 /** True while the process runs; a dead one is counted as an unexpected crash. */
 function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    tally('unexpected crashes', 1, import.meta.url)
-    return false
-  }
+  if (processAlive(pid)) return true
+  tally('unexpected crashes', 1, import.meta.url)
+  return false
 }
 
 describe('hostile requests to a real agent', { timeout: 180_000 }, () => {

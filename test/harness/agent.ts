@@ -156,3 +156,13 @@ export async function until(what: string, check: () => Promise<boolean>, ms = 15
     await new Promise((r) => setTimeout(r, 100))
   }
 }
+
+/** True while process `pid` runs. */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -8,6 +8,7 @@ import { netemWorks, shapeEgress } from '../../../src/sim/netns/tc.ts'
 import { generateImage, layerSizes } from '../../../src/sim/protocol/image.ts'
 import { runProtocolScenario } from '../../../src/sim/protocol/runner.ts'
 import { parseScenario } from '../../../src/sim/scenario.ts'
+import { processAlive } from '../../harness/agent.ts'
 
 const IS_ROOT = process.getuid?.() === 0
 const MiB = 2 ** 20
@@ -21,15 +22,6 @@ const tiny = parseScenario({
   topology: { nodes: 3, upload: MiB, download: DOWNLOAD, registryUpload: 2 * MiB },
   image: { size: F, pieceSize: 256 * 1024 }
 })
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 describe('protocol level: real agents in network namespaces', {
   skip: IS_ROOT ? false : 'needs root'
@@ -75,7 +67,7 @@ describe('protocol level: real agents in network namespaces', {
     assert.ok(r.timeline.t.length >= 2)
     assert.equal(r.timeline.completed.at(-1), 3)
     assert.deepEqual(await leftovers(iproute, prefix), [])
-    assert.deepEqual(pids.filter(alive), [])
+    assert.deepEqual(pids.filter(processAlive), [])
   })
 
   it('removes everything it made when an agent dies in the middle of the pulls', async () => {
@@ -95,6 +87,6 @@ describe('protocol level: real agents in network namespaces', {
     )
     assert.equal(pids.length, 4)
     assert.deepEqual(await leftovers(iproute, prefix), [])
-    assert.deepEqual(pids.filter(alive), [])
+    assert.deepEqual(pids.filter(processAlive), [])
   })
 })
