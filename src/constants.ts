@@ -57,6 +57,8 @@ export const DEFAULT_SWARM_PATIENCE_MS = 60_000
  * `assignRegistryPieces`, decision 12): few, so the registry sends one piece after another.
  */
 export const DEFAULT_REGISTRY_FETCHERS = 4
+/** How long a transfer leaves a peer alone after it answered `PIECE_BUSY`, before asking again. */
+export const BUSY_BACKOFF_MS = 100
 /** Pieces a node uploads at once (decision 12): a fresh piece doubles instead of trickling to all. */
 export const DEFAULT_CONCURRENT_UPLOADS = 2
 /** Whether a node with nothing to ask of peers takes any unclaimed piece (decision 12: no). */

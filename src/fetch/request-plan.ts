@@ -25,6 +25,8 @@ export interface RequestPlanInput<P extends PeerView> {
   capacity?: (peer: P) => number
   peerDepth: number
   maxPeerFlights: number
+  /** Requests in flight to all peers, when `sessions` is not every peer. Default: their sum. */
+  peerFlights?: number
   /** Requests in flight to the registry now, and how many it may have. */
   registryLoad: number
   registryWindow: number
@@ -61,8 +63,8 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     inFlight.set(index, [...(inFlight.get(index) ?? []), peer?.peerId ?? 'registry'])
     state.inFlight = inFlight
   }
-  let peerFlights = 0
-  for (const s of sessions) peerFlights += input.peerLoad(s)
+  let peerFlights = input.peerFlights ?? 0
+  if (input.peerFlights === undefined) for (const s of sessions) peerFlights += input.peerLoad(s)
   for (const s of sessions) {
     if (peerFlights >= maxPeerFlights) break
     const room = input.capacity?.(s) ?? Number.POSITIVE_INFINITY

@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import type { ShoalMetrics } from '../api/metrics.ts'
 import { steadyNow } from '../clock.ts'
 import {
+  BUSY_BACKOFF_MS,
   DEFAULT_CLAIM_TTL_MS,
   DEFAULT_REGISTRY_FETCHERS,
   DEFAULT_STARVING_TAKES_ANY,
@@ -108,7 +109,6 @@ const PEER_QUEUE_SECONDS = 2
 // A member seen this long without a claim on any piece is taken to be idle (see `#idleOwners`).
 const OWNER_GRACE_MS = 2_000
 // A peer that answered `PIECE_BUSY` is not asked again for this long.
-const BUSY_BACKOFF_MS = 100
 // A registry request younger than this gives way to a peer's claim on the same piece.
 const YIELD_WINDOW_MS = 500
 

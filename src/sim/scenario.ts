@@ -81,6 +81,8 @@ export const scenarioSchema = z
         patience: seconds().optional(),
         maxPeers: z.number().int().positive().optional(),
         concurrentUploads: z.number().int().positive().optional(),
+        /** Seconds a refused node waits before asking that peer again; 0: the uploader picks (see the model). */
+        busyRetry: z.number().nonnegative().optional(),
         registryFetchers: z.number().int().positive().optional(),
         starvingTakesAny: z.boolean().optional()
       })
@@ -181,6 +183,7 @@ export function scenarioToInit(s: Scenario): SwarmModelInit {
     ...((o.haveLatency ?? latency) !== undefined && { haveLatency: o.haveLatency ?? latency }),
     ...(o.maxPeers !== undefined && { maxPeers: o.maxPeers }),
     ...(o.concurrentUploads !== undefined && { concurrentUploads: o.concurrentUploads }),
+    ...(o.busyRetry !== undefined && { busyRetry: o.busyRetry }),
     ...(o.registryFetchers !== undefined && { registryFetchers: o.registryFetchers }),
     ...(o.starvingTakesAny !== undefined && { starvingTakesAny: o.starvingTakesAny }),
     ...(Object.keys(f).length > 0 && { faults: f }),

@@ -31,12 +31,18 @@ export class SimNode implements PeerView {
   readonly availability: Uint16Array
   /** Neighbours that wanted a piece of this node while its upload slots were full. */
   readonly waiters = new Set<SimNode>()
+  /** Peers that turned this node away, and until when it leaves them alone (s). */
+  readonly busyUntil = new Map<SimNode, number>()
+  /** A retry after a refusal is scheduled. */
+  retrying = false
   /** Peers this node no longer asks (they sent a corrupt piece). */
   readonly banned = new Set<SimNode>()
   registryLoad = 0
   /** Pieces this node is uploading now. */
   uploading = 0
   arrival = 0
+  /** It has arrived (and provided the blob); `joined` once its own lookup is done. */
+  arrived = false
   joined = false
   left = false
   /** Serves corrupt pieces and offers every piece (a malicious peer). */
@@ -77,6 +83,13 @@ export class SimNode implements PeerView {
     // way: seen from a peer, the claim is never older than that.
     if ((this.flights.get(index)?.length ?? 0) > 0) return Math.max(since, this.now() - this.renewMs)
     return since
+  }
+
+  /** Requests in flight to all peers. */
+  get peerFlights(): number {
+    let n = 0
+    for (const v of this.peerLoad.values()) n += v
+    return n
   }
 
   get done(): boolean {

@@ -19,6 +19,7 @@
  * Seeded: the same init gives the same result.
  */
 import {
+  BUSY_BACKOFF_MS,
   DEFAULT_CLAIM_TTL_MS,
   DEFAULT_CONCURRENT_UPLOADS,
   DEFAULT_REGISTRY_FETCHERS,
@@ -55,6 +56,13 @@ export interface SwarmModelInit {
   maxPeers?: number
   /** Pieces a node uploads at once; further requests are turned away. Default 2 (as the agent). */
   concurrentUploads?: number
+  /**
+   * What a node turned away does (s). Above 0, as the agent: it leaves that peer alone for this
+   * long and then asks again. 0: it waits on the peer, and the slot that frees goes to whoever
+   * wants the peer's rarest piece (an uploader's choice the agent does not make). Default 0.1
+   * (as the agent).
+   */
+  busyRetry?: number
   /** Requests in flight to one peer. Default 4 (as the agent). */
   peerDepth?: number
   /** Requests in flight to all peers together. Default: no limit (as an agent without a download cap). */
@@ -232,6 +240,7 @@ class SwarmModel {
       this.#pendingArrivals--
       if (node.left) return
       node.arrival = this.#queue.now
+      node.arrived = true
       if (!node.malicious) this.#unfinished++
       node.dhtMessages += 2 * DHT_ALPHA * Math.ceil(Math.log2(Math.max(2, this.#init.nodes))) + DHT_K
       this.#queue.schedule(this.#queue.now + this.#lookupDelay(), () => this.#join(node))
@@ -245,7 +254,12 @@ class SwarmModel {
   #join(node: SimNode): void {
     if (node.left) return
     const max = this.#init.maxPeers ?? Number.POSITIVE_INFINITY
-    const members = this.#nodes.filter((x) => x.joined && !x.left && x.neighbours.size < 2 * max)
+    // Every node that has arrived has provided the blob, so a lookup may find it whether or not
+    // its own lookup is done: a crowd that arrives together meshes at random, not in the order
+    // its lookups end (which made a chain of the last to join, hundreds of hops long).
+    const members = this.#nodes.filter(
+      (x) => x.arrived && !x.left && x !== node && x.neighbours.size < 2 * max
+    )
     for (const peer of shuffle(members, this.#random).slice(0, max)) node.connect(peer)
     node.joined = true
     node.lastProgress = this.#queue.now
@@ -482,11 +496,13 @@ class SwarmModel {
       random: this.#random
     }
     const slots = init.concurrentUploads ?? DEFAULT_CONCURRENT_UPLOADS
+    const retry = this.#busyRetry
     const plan = planRequests({
       state,
       sessions: only === undefined ? shuffle(peers, this.#random) : node.banned.has(only) ? [] : [only],
       peerLoad: (p) => node.peerLoad.get(p) ?? 0,
-      capacity: (p) => slots - p.uploading,
+      peerFlights: node.peerFlights,
+      capacity: (p) => ((node.busyUntil.get(p) ?? 0) > this.#queue.now ? 0 : slots - p.uploading),
       peerDepth: init.peerDepth ?? 4,
       maxPeerFlights: init.maxPeerFlights ?? Number.POSITIVE_INFINITY,
       registryLoad: node.registryLoad,
@@ -494,8 +510,30 @@ class SwarmModel {
       owns: () => (i) => owner[i] === node,
       starvingTakesAny: init.starvingTakesAny ?? DEFAULT_STARVING_TAKES_ANY
     })
-    for (const p of plan.blocked) p.waiters.add(node)
+    if (retry === 0) for (const p of plan.blocked) p.waiters.add(node)
+    else if (plan.blocked.length > 0) this.#backOff(node, plan.blocked, retry)
     for (const r of plan.requests) this.#launch(node, r.index, r.peer)
+  }
+
+  get #busyRetry(): number {
+    return this.#init.busyRetry ?? BUSY_BACKOFF_MS / 1000
+  }
+
+  /** As the agent's transfer on `PIECE_BUSY`: leave those peers alone a while, then ask again. */
+  #backOff(node: SimNode, blocked: readonly SimNode[], retry: number): void {
+    const now = this.#queue.now
+    for (const p of blocked) {
+      if ((node.busyUntil.get(p) ?? 0) > now) continue
+      // The request went out and came back refused.
+      node.busyUntil.set(p, now + retry)
+      node.controlMessages += 2
+    }
+    if (node.retrying) return
+    node.retrying = true
+    this.#queue.schedule(now + retry * 1.0001, () => {
+      node.retrying = false
+      this.#pump(node)
+    })
   }
 
   #launch(node: SimNode, piece: number, from: SimNode | undefined): void {

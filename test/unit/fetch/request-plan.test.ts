@@ -56,6 +56,15 @@ describe('planRequests', () => {
     for (const r of plan.requests) assert.ok(r.peer?.has(r.index))
   })
 
+  it('counts the requests to every peer against the total, when asked of one peer only', () => {
+    // A pass for one peer (its offer changed) must not forget the requests in flight elsewhere.
+    const a = peer('a', [0, 1, 2, 3])
+    const one = input({ state: state(8, { peers: [a] }), sessions: [a], maxPeerFlights: 3 })
+    assert.equal(planRequests({ ...one, peerFlights: 3 }).requests.length, 0)
+    assert.equal(planRequests({ ...one, peerFlights: 2 }).requests.length, 1)
+    assert.equal(planRequests(one).requests.length, 2, 'without a total, the peer depth bounds it')
+  })
+
   it('reports a busy peer that holds a wanted piece, and asks the others', () => {
     const busy = peer('busy', [0, 1])
     const free = peer('free', [2])
