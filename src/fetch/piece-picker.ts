@@ -81,6 +81,15 @@ export function pickForPeer(peer: PeerView, s: PickState): number | undefined {
   return best[Math.floor(s.random() * best.length)]
 }
 
+/**
+ * True when `pickForPeer(peer, s)` would pick a piece: whether a busy peer holds anything this
+ * node would ask it for, without ranking the pieces.
+ */
+export function wantsFrom(peer: PeerView, s: PickState): boolean {
+  for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) return true
+  return endgamePick(peer, s) !== undefined
+}
+
 function endgamePick(peer: PeerView, s: PickState): number | undefined {
   if (s.missing.size > ENDGAME_PIECES) return undefined
   for (const i of s.missing) {

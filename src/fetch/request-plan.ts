@@ -12,7 +12,7 @@
  *   `pickForRegistry` among the pieces this node owns (see `assignRegistryPieces`), or, for a
  *   node with nothing to ask of any peer when `starvingTakesAny`, among all pieces.
  */
-import { type PeerView, type PickState, pickForPeer, pickForRegistry } from './piece-picker.ts'
+import { type PeerView, type PickState, pickForPeer, pickForRegistry, wantsFrom } from './piece-picker.ts'
 
 export interface RequestPlanInput<P extends PeerView> {
   /** The picker's state; `inFlight` is copied, not changed. */
@@ -70,12 +70,12 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     const room = input.capacity?.(s) ?? Number.POSITIVE_INFINITY
     let asked = 0
     for (let load = input.peerLoad(s); load < peerDepth && peerFlights < maxPeerFlights; load++) {
-      const i = pickForPeer(s, state)
-      if (i === undefined) break
       if (asked >= room) {
-        blocked.push(s)
+        if (wantsFrom(s, state)) blocked.push(s)
         break
       }
+      const i = pickForPeer(s, state)
+      if (i === undefined) break
       take(i, s)
       asked++
       peerFlights++

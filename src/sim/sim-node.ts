@@ -38,6 +38,8 @@ export class SimNode implements PeerView {
   /** Peers this node no longer asks (they sent a corrupt piece). */
   readonly banned = new Set<SimNode>()
   registryLoad = 0
+  /** Requests in flight to all peers (the sum of `peerLoad`). */
+  peerFlights = 0
   /** Pieces this node is uploading now. */
   uploading = 0
   arrival = 0
@@ -83,13 +85,6 @@ export class SimNode implements PeerView {
     // way: seen from a peer, the claim is never older than that.
     if ((this.flights.get(index)?.length ?? 0) > 0) return Math.max(since, this.now() - this.renewMs)
     return since
-  }
-
-  /** Requests in flight to all peers. */
-  get peerFlights(): number {
-    let n = 0
-    for (const v of this.peerLoad.values()) n += v
-    return n
   }
 
   get done(): boolean {

@@ -159,6 +159,7 @@ class SwarmModel {
   readonly #sentByRegistry: Uint8Array
   #sentOnce = 0
   #owner: SimNode[] | undefined
+  #fetcherSet: Set<SimNode> | undefined
   #registryOn = true
   #registryEgress = 0
   #flows = 0
@@ -455,12 +456,21 @@ class SwarmModel {
     if (from === undefined) to.registryLoad--
     else {
       to.peerLoad.set(from, (to.peerLoad.get(from) ?? 1) - 1)
+      to.peerFlights--
       from.uploading--
     }
   }
 
+  /** The members that own registry pieces. */
+  #fetchers(): ReadonlySet<SimNode> {
+    this.#owners()
+    this.#fetcherSet ??= new Set(this.#owner)
+    return this.#fetcherSet
+  }
+
   #owners(): SimNode[] {
     if (this.#owner === undefined) {
+      this.#fetcherSet = undefined
       const members = this.#nodes.filter((x) => x.joined && !x.left && !x.malicious)
       const seed = this.#init.seed
       this.#owner = assignRegistryPieces(
@@ -478,8 +488,31 @@ class SwarmModel {
   #pump(node: SimNode, only?: SimNode): void {
     if (!node.joined || node.left || node.done || node.malicious) return
     const init = this.#init
+    const impatient =
+      this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000)
+    const starvingTakesAny = init.starvingTakesAny ?? DEFAULT_STARVING_TAKES_ANY
+    const peerDepth = init.peerDepth ?? 4
+    const maxPeerFlights = init.maxPeerFlights ?? Number.POSITIVE_INFINITY
+    // Passes that cannot launch anything are skipped (most wakes of a large crowd): a node that
+    // owns no registry piece asks the registry only when impatient or starving.
+    const window = this.#registryOn ? (init.registryWindow ?? 4) : 0
+    const registry =
+      node.registryLoad < window && (impatient || starvingTakesAny || this.#fetchers().has(node))
+    const peerRoom =
+      node.peerFlights < maxPeerFlights && (only === undefined || (node.peerLoad.get(only) ?? 0) < peerDepth)
+    if (!registry && !peerRoom) return
     const nowMs = this.#queue.now * 1000
-    const peers = [...node.neighbours].filter((p) => !node.banned.has(p))
+    const now = this.#queue.now
+    const peers: SimNode[] = []
+    // Peers that turned this node away a moment ago are left alone until then (not asked at all).
+    const sessions: SimNode[] = []
+    let resting = false
+    for (const p of node.neighbours) {
+      if (node.banned.has(p)) continue
+      peers.push(p)
+      if ((node.busyUntil.get(p) ?? 0) > now) resting = true
+      else if (only === undefined || p === only) sessions.push(p)
+    }
     const owner = this.#owners()
     const state: PickState = {
       missing: node.missing,
@@ -490,7 +523,7 @@ class SwarmModel {
       peers,
       now: nowMs,
       claimTtlMs: init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS,
-      impatient: this.#queue.now - node.lastProgress > (init.patience ?? DEFAULT_SWARM_PATIENCE_MS / 1000),
+      impatient,
       registryStart: node.registryStart,
       availability: (i) => node.availability[i] ?? 0,
       random: this.#random
@@ -499,19 +532,19 @@ class SwarmModel {
     const retry = this.#busyRetry
     const plan = planRequests({
       state,
-      sessions: only === undefined ? shuffle(peers, this.#random) : node.banned.has(only) ? [] : [only],
+      sessions: !peerRoom ? [] : only === undefined ? shuffle(sessions, this.#random) : sessions,
       peerLoad: (p) => node.peerLoad.get(p) ?? 0,
       peerFlights: node.peerFlights,
-      capacity: (p) => ((node.busyUntil.get(p) ?? 0) > this.#queue.now ? 0 : slots - p.uploading),
-      peerDepth: init.peerDepth ?? 4,
-      maxPeerFlights: init.maxPeerFlights ?? Number.POSITIVE_INFINITY,
+      capacity: (p) => slots - p.uploading,
+      peerDepth,
+      maxPeerFlights,
       registryLoad: node.registryLoad,
-      registryWindow: this.#registryOn ? (init.registryWindow ?? 4) : 0,
+      registryWindow: registry ? window : 0,
       owns: () => (i) => owner[i] === node,
-      starvingTakesAny: init.starvingTakesAny ?? DEFAULT_STARVING_TAKES_ANY
+      starvingTakesAny
     })
     if (retry === 0) for (const p of plan.blocked) p.waiters.add(node)
-    else if (plan.blocked.length > 0) this.#backOff(node, plan.blocked, retry)
+    else if (plan.blocked.length > 0 || resting) this.#backOff(node, plan.blocked, retry)
     for (const r of plan.requests) this.#launch(node, r.index, r.peer)
   }
 
@@ -523,13 +556,13 @@ class SwarmModel {
   #backOff(node: SimNode, blocked: readonly SimNode[], retry: number): void {
     const now = this.#queue.now
     for (const p of blocked) {
-      if ((node.busyUntil.get(p) ?? 0) > now) continue
       // The request went out and came back refused.
       node.busyUntil.set(p, now + retry)
       node.controlMessages += 2
     }
     if (node.retrying) return
     node.retrying = true
+    // Once a period, as the agent's timer after a refusal (every resting peer is free by then).
     this.#queue.schedule(now + retry * 1.0001, () => {
       node.retrying = false
       this.#pump(node)
@@ -556,6 +589,7 @@ class SwarmModel {
       }
     } else {
       node.peerLoad.set(from, (node.peerLoad.get(from) ?? 0) + 1)
+      node.peerFlights++
       from.uploading++
     }
   }
