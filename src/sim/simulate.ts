@@ -29,11 +29,21 @@ export async function simulate(
   const init = scenarioToInit(scenario)
   const started = performance.now()
   const step = Math.max(1, Math.ceil(init.nodes / 20))
+  let lastLine = started
   const r = runSwarmModel({
     ...init,
+    // Before the first node completes a large crowd runs for minutes: show the pieces moving.
+    onPieces: (delivered, total, time) => {
+      if (performance.now() - lastLine < 10_000) return
+      lastLine = performance.now()
+      const wall = ((lastLine - started) / 1000).toFixed(1)
+      const share = ((100 * delivered) / total).toFixed(1)
+      onProgress?.(`${share} % of all pieces delivered at t=${time.toFixed(1)} s (virtual), ${wall} s wall`)
+    },
     onNodeDone: (done, total, time) => {
       if (done % step !== 0 && done !== total) return
-      const wall = ((performance.now() - started) / 1000).toFixed(1)
+      lastLine = performance.now()
+      const wall = ((lastLine - started) / 1000).toFixed(1)
       onProgress?.(`${done}/${total} nodes done at t=${time.toFixed(1)} s (virtual), ${wall} s wall`)
     }
   })

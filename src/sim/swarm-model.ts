@@ -84,6 +84,8 @@ export interface SwarmModelInit {
   localLimit?: number
   /** Called each time a node completes (done so far, all nodes, virtual time): for progress. */
   onNodeDone?: (done: number, total: number, time: number) => void
+  /** Called every 4,096 pieces delivered (pieces so far, pieces in all, virtual time): for progress. */
+  onPieces?: (delivered: number, total: number, time: number) => void
 }
 
 export interface SwarmFaults {
@@ -166,6 +168,7 @@ class SwarmModel {
   #corrupt = 0
   #unfinished = 0
   #completed = 0
+  #delivered = 0
   #pendingArrivals = 0
 
   constructor(init: SwarmModelInit) {
@@ -402,6 +405,8 @@ class SwarmModel {
     }
     to.held[piece] = 1
     to.missing.delete(piece)
+    if ((++this.#delivered & 0xfff) === 0)
+      this.#init.onPieces?.(this.#delivered, this.#init.nodes * this.#init.pieces, now)
     this.#replicas[piece] = (this.#replicas[piece] ?? 0) + 1
     to.lastProgress = now
     this.#watch(to)
