@@ -47,6 +47,8 @@ export interface RequestPlan<P extends PeerView> {
   requests: Array<{ index: number; peer: P | undefined }>
   /** Peers skipped because they could not take a request, though they hold a piece wanted. */
   blocked: P[]
+  /** Peers that hold nothing this node would ask them for now. */
+  idle: P[]
 }
 
 /** One scheduling pass: the requests to launch now. */
@@ -56,6 +58,7 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
   let inFlight: Map<number, readonly string[]> | undefined
   const requests: RequestPlan<P>['requests'] = []
   const blocked: P[] = []
+  const idle: P[] = []
   const take = (index: number, peer: P | undefined): void => {
     requests.push({ index, peer })
     // Copied on the first request only: most passes launch nothing.
@@ -72,16 +75,20 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     for (let load = input.peerLoad(s); load < peerDepth && peerFlights < maxPeerFlights; load++) {
       if (asked >= room) {
         if (wantsFrom(s, state)) blocked.push(s)
+        else idle.push(s)
         break
       }
       const i = pickForPeer(s, state)
-      if (i === undefined) break
+      if (i === undefined) {
+        if (asked === 0) idle.push(s)
+        break
+      }
       take(i, s)
       asked++
       peerFlights++
     }
   }
-  if (input.registryLoad >= input.registryWindow) return { requests, blocked }
+  if (input.registryLoad >= input.registryWindow) return { requests, blocked, idle }
   // Patience is for a stalled swarm: while a peer is taking pieces from the registry (a fresh
   // claim), the registry is busy, not stalled, and more requests would only split it.
   if (state.impatient && anyFreshClaim(state)) state.impatient = false
@@ -97,7 +104,7 @@ export function planRequests<P extends PeerView>(input: RequestPlanInput<P>): Re
     if (i === undefined) break
     take(i, undefined)
   }
-  return { requests, blocked }
+  return { requests, blocked, idle }
 }
 
 /** True when some peer holds a fresh claim on some piece. */

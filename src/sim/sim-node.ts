@@ -38,6 +38,15 @@ export class SimNode implements PeerView {
   /** Peers this node no longer asks (they sent a corrupt piece). */
   readonly banned = new Set<SimNode>()
   registryLoad = 0
+  /** Bumped when this node offers a piece. */
+  offerVersion = 0
+  /** Bumped when one of this node's flights ends (landed, cancelled or refused). */
+  flightEnds = 0
+  /**
+   * Peers that held nothing this node would ask for, with the state that was true in (see
+   * `idleKey`): until it changes they are not asked again.
+   */
+  readonly idlePeers = new Map<SimNode, number>()
   /** Requests in flight to all peers (the sum of `peerLoad`). */
   peerFlights = 0
   /** Pieces this node is uploading now. */
@@ -87,6 +96,15 @@ export class SimNode implements PeerView {
     return since
   }
 
+  /**
+   * What a peer's usefulness to this node depends on: the peer's offer, this node's flights
+   * ending (a piece no longer in flight may be asked for again) and the endgame (in-flight
+   * pieces may be asked for twice). Missing pieces only shrink otherwise.
+   */
+  idleKey(peer: SimNode, endgamePieces: number): number {
+    return (peer.offerVersion * 1e7 + this.flightEnds) * 2 + (this.missing.size <= endgamePieces ? 1 : 0)
+  }
+
   get done(): boolean {
     return this.missing.size === 0
   }
@@ -95,6 +113,7 @@ export class SimNode implements PeerView {
   offer(i: number): void {
     if (this.offered[i] === 1) return
     this.offered[i] = 1
+    this.offerVersion++
     for (const n of this.neighbours) n.availability[i] = (n.availability[i] ?? 0) + 1
   }
 

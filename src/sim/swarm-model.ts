@@ -26,7 +26,7 @@ import {
   DEFAULT_STARVING_TAKES_ANY,
   DEFAULT_SWARM_PATIENCE_MS
 } from '../constants.ts'
-import type { PickState } from '../fetch/piece-picker.ts'
+import { ENDGAME_PIECES, type PickState } from '../fetch/piece-picker.ts'
 import { assignRegistryPieces, planRequests } from '../fetch/request-plan.ts'
 import { shuffle } from '../shuffle.ts'
 import { EventQueue } from './event-queue.ts'
@@ -449,6 +449,7 @@ class SwarmModel {
   /** Forgets `flow` in its receiver's and sender's books. */
   #settle(flow: Flow<Transfer>): void {
     const { to, from, piece } = flow.tag
+    to.flightEnds++
     const list = to.flights.get(piece)
     if (list !== undefined) {
       const k = list.indexOf(flow)
@@ -516,7 +517,11 @@ class SwarmModel {
       if (node.banned.has(p)) continue
       peers.push(p)
       if ((node.busyUntil.get(p) ?? 0) > now) resting = true
-      else if (only === undefined || p === only) sessions.push(p)
+      else if (
+        (only === undefined || p === only) &&
+        node.idlePeers.get(p) !== node.idleKey(p, ENDGAME_PIECES)
+      )
+        sessions.push(p)
     }
     const owner = this.#owners()
     const state: PickState = {
@@ -550,6 +555,7 @@ class SwarmModel {
     })
     if (retry === 0) for (const p of plan.blocked) p.waiters.add(node)
     else if (plan.blocked.length > 0 || resting) this.#backOff(node, plan.blocked, retry)
+    for (const p of plan.idle) node.idlePeers.set(p, node.idleKey(p, ENDGAME_PIECES))
     for (const r of plan.requests) this.#launch(node, r.index, r.peer)
   }
 
