@@ -65,6 +65,26 @@ describe('planRequests', () => {
     assert.equal(planRequests(one).requests.length, 2, 'without a total, the peer depth bounds it')
   })
 
+  it('reports the peers that hold nothing wanted as idle, busy or not', () => {
+    const held = peer('held', [0])
+    const busyEmpty = peer('busy-empty', [1])
+    const useful = peer('useful', [2, 3])
+    const missing = new Set([2, 3, 4, 5, 6, 7])
+    const plan = planRequests(
+      input({
+        state: state(8, { missing, peers: [held, busyEmpty, useful] }),
+        sessions: [held, busyEmpty, useful],
+        capacity: (p) => (p === busyEmpty ? 0 : Number.POSITIVE_INFINITY)
+      })
+    )
+    assert.deepEqual(
+      plan.idle.map((p) => p.peerId),
+      ['held', 'busy-empty']
+    )
+    assert.deepEqual(plan.blocked, [])
+    assert.ok(plan.requests.every((r) => r.peer === useful))
+  })
+
   it('reports a busy peer that holds a wanted piece, and asks the others', () => {
     const busy = peer('busy', [0, 1])
     const free = peer('free', [2])
