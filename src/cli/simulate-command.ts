@@ -18,14 +18,14 @@ export interface SimulateOptions {
 export async function simulateCommand(paths: string[], o: SimulateOptions): Promise<SwarmReport[]> {
   const progress = o.progress ?? ((line: string) => process.stderr.write(`${line}\n`))
   const print = o.print ?? ((text: string) => process.stdout.write(text))
-  const rows: Array<{ name: string; nodes: number; report: SwarmReport }> = []
+  const rows: SummaryRow[] = []
   for (const path of paths) {
     const scenario = await loadScenario(path)
     const init = scenarioToInit(scenario)
     progress(`${scenario.name}: ${init.nodes} nodes, ${init.pieces} pieces`)
     const out = await simulate(scenario, o.out, (line) => progress(`  ${line}`))
     const report = out.result['report'] as SwarmReport
-    rows.push({ name: scenario.name, nodes: init.nodes, report })
+    rows.push({ name: scenario.name, nodes: init.nodes, pieces: init.pieces, report })
     print(`\n## ${scenario.name}\n\n${goalTable(report)}\n\n`)
     print(`wrote ${[out.jsonPath, ...out.plotPaths].join('\n      ')}\n`)
   }
@@ -33,17 +33,28 @@ export async function simulateCommand(paths: string[], o: SimulateOptions): Prom
   return rows.map((r) => r.report)
 }
 
-/** One line per scenario: egress, completion percentiles against T_min, upload balance. */
-export function summaryTable(rows: Array<{ name: string; nodes: number; report: SwarmReport }>): string {
-  const x = (v: number) => (Number.isFinite(v) ? `${v.toFixed(2)}x` : 'never')
+export interface SummaryRow {
+  name: string
+  nodes: number
+  pieces: number
+  report: SwarmReport
+}
+
+/**
+ * One line per scenario: egress, completion percentiles against T_min, upload balance, and the
+ * last completion against the theory's optimum on homogeneous links, T_min × (1 + log2 N / M).
+ */
+export function summaryTable(rows: readonly SummaryRow[]): string {
+  const x = (v: number, digits = 2) => (Number.isFinite(v) ? `${v.toFixed(digits)}x` : 'never')
   const lines = [
-    '| scenario | N | T_min | registry egress / F | p50 / T_min | p99 / T_min | p99.9 / T_min | upload max/mean | Jain |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|'
+    '| scenario | N | M | T_min | registry egress / F | p50 / T_min | p99 / T_min | p99.9 / T_min | last / theory | upload max/mean | Jain |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
   ]
-  for (const { name, nodes, report: r } of rows) {
+  for (const { name, nodes, pieces, report: r } of rows) {
     const c = r.completionOverTMin
+    const theory = c.max / (1 + Math.log2(nodes) / pieces)
     lines.push(
-      `| ${name} | ${nodes} | ${r.tMin.toFixed(1)} s | ${x(r.registryEgressOverF)} | ${x(c.p50)} | ${x(c.p99)} | ${x(c.p999)} | ${x(r.uploadMaxOverMean)} | ${r.uploadJain.toFixed(3)} |`
+      `| ${name} | ${nodes} | ${pieces} | ${r.tMin.toFixed(1)} s | ${x(r.registryEgressOverF)} | ${x(c.p50)} | ${x(c.p99)} | ${x(c.p999)} | ${x(theory, 3)} | ${x(r.uploadMaxOverMean)} | ${r.uploadJain.toFixed(3)} |`
     )
   }
   return lines.join('\n')

@@ -27,7 +27,9 @@ describe('scenario files', () => {
       'churn-20',
       'registry-throttled',
       'registry-down',
-      'malicious-peer'
+      'malicious-peer',
+      'theory-100',
+      'theory-10000'
     ])
       assert.ok(files.includes(`${name}.json`), name)
     for (const f of files) {
@@ -185,7 +187,11 @@ describe('simulateCommand', () => {
       })
       assert.equal(reports.length, 2)
       assert.match(text, /## small-a[\s\S]*## small-b[\s\S]*## Summary/)
-      assert.match(text, /\| small-a \| 4 \| 8\.0 s \| 1\.00x \|/)
+      const row = text.match(/\| small-a \| 4 \| 8 \| 8\.0 s \| 1\.00x \|(?: [^|]+ \|){3} (\d\.\d{3})x \|/)
+      assert.ok(row, text)
+      // The last node against T_min x (1 + log2(4)/8).
+      const last = reports[0]?.completionOverTMin.max as number
+      assert.equal(row[1], (last / 1.25).toFixed(3))
       assert.match(text, /\| small-b \| 6 \|/)
       assert.ok((await readdir(join(dir, 'out'))).includes('small-b-completion-cdf.svg'))
     } finally {
