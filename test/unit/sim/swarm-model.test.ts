@@ -21,13 +21,13 @@ function crowd(over: Partial<SwarmModelInit> = {}): SwarmModelInit {
 /**
  * The theory's own settings (see `theory-100.json`): each node sends one piece at a time and
  * receives one at a time, a freed upload slot goes to the neighbour that wants its rarest piece
- * (`busyRetry: 0`), and a few members take the pieces from the registry one after another.
+ * (`busyRetry: 0`), and two members take the pieces from the registry one after another.
  */
 const theory: Partial<SwarmModelInit> = {
   concurrentUploads: 1,
   maxPeerFlights: 1,
   busyRetry: 0,
-  registryFetchers: 4,
+  registryFetchers: 2,
   registryWindow: 1,
   starvingTakesAny: false
 }
