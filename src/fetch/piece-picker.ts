@@ -20,6 +20,11 @@ export interface PeerView {
   readonly peerId: string
   has(index: number): boolean
   fetchingSince(index: number): number | undefined
+  /**
+   * The pieces the peer offers, when it keeps them as a list: the picker then walks whichever
+   * is shorter, this or the missing pieces (early in a crowd peers offer few of many).
+   */
+  readonly offeredList?: readonly number[]
 }
 
 /** The transfer's state, as the picker needs it. */
@@ -62,7 +67,12 @@ export function pickForPeer(peer: PeerView, s: PickState): number | undefined {
     if (s.missing.has(i) && !s.inFlight.has(i) && peer.has(i)) return i
   }
   const candidates: number[] = []
-  for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) candidates.push(i)
+  const offered = peer.offeredList
+  if (offered !== undefined && offered.length < s.missing.size) {
+    for (const i of offered) if (s.missing.has(i) && !s.inFlight.has(i)) candidates.push(i)
+    // In index order, as the missing pieces are kept: the same pick either way.
+    candidates.sort((x, y) => x - y)
+  } else for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) candidates.push(i)
   if (candidates.length === 0) return endgamePick(peer, s)
   if (s.heldCount === 0) return candidates[Math.floor(s.random() * candidates.length)]
   let best: number[] = []
@@ -86,7 +96,10 @@ export function pickForPeer(peer: PeerView, s: PickState): number | undefined {
  * node would ask it for, without ranking the pieces.
  */
 export function wantsFrom(peer: PeerView, s: PickState): boolean {
-  for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) return true
+  const offered = peer.offeredList
+  if (offered !== undefined && offered.length < s.missing.size) {
+    for (const i of offered) if (s.missing.has(i) && !s.inFlight.has(i)) return true
+  } else for (const i of s.missing) if (!s.inFlight.has(i) && peer.has(i)) return true
   return endgamePick(peer, s) !== undefined
 }
 

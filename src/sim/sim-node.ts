@@ -18,6 +18,8 @@ export class SimNode implements PeerView {
   readonly held: Uint8Array
   /** Pieces whose HAVE has reached the neighbours. */
   readonly offered: Uint8Array
+  /** The same pieces, in the order offered (see `PeerView.offeredList`). */
+  readonly offeredList: number[] = []
   readonly missing = new Set<number>()
   readonly flights = new Map<number, Flow<Transfer>[]>()
   /** Sources of each piece in flight, as the picker reads them. */
@@ -113,6 +115,7 @@ export class SimNode implements PeerView {
   offer(i: number): void {
     if (this.offered[i] === 1) return
     this.offered[i] = 1
+    this.offeredList.push(i)
     this.offerVersion++
     for (const n of this.neighbours) n.availability[i] = (n.availability[i] ?? 0) + 1
   }

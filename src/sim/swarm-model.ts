@@ -608,9 +608,12 @@ class SwarmModel {
   /** Replicas of the rarest piece `w` could ask `uploader` for. */
   #rarestWanted(w: SimNode, uploader: SimNode): number {
     let least = Number.POSITIVE_INFINITY
-    for (const i of w.missing) {
-      if (uploader.offered[i] === 1 && !w.sources.has(i)) least = Math.min(least, this.#replicas[i] ?? 0)
-    }
+    if (uploader.offeredList.length < w.missing.size) {
+      for (const i of uploader.offeredList)
+        if (w.missing.has(i) && !w.sources.has(i)) least = Math.min(least, this.#replicas[i] ?? 0)
+    } else
+      for (const i of w.missing)
+        if (uploader.offered[i] === 1 && !w.sources.has(i)) least = Math.min(least, this.#replicas[i] ?? 0)
     return least
   }
 

@@ -84,7 +84,9 @@ async function main(): Promise<void> {
     return { run, report: reportFigures(run, init.imageBytes) }
   })
   const modelMedian = (f: (d: (typeof seeded)[number]) => number) => percentile(seeded.map(f), 0.5)
-  const bySeedP50 = [...seeded].sort((a, b) => a.report.completionOverTMin.p50 - b.report.completionOverTMin.p50)
+  const bySeedP50 = [...seeded].sort(
+    (a, b) => a.report.completionOverTMin.p50 - b.report.completionOverTMin.p50
+  )
   const model = bySeedP50[Math.floor((bySeedP50.length - 1) / 2)]!.run
   const modelReport: LevelFigures = {
     ...reportFigures(model, init.imageBytes),

@@ -5,7 +5,8 @@ import {
   type PeerView,
   type PickState,
   pickForPeer,
-  pickForRegistry
+  pickForRegistry,
+  wantsFrom
 } from '../../../src/fetch/piece-picker.ts'
 
 function peer(peerId: string, holds: number[], fetching: Record<number, number> = {}): PeerView {
@@ -58,6 +59,34 @@ describe('pickForRegistry', () => {
 })
 
 describe('pickForPeer', () => {
+  it("walks the peer's offered list when it is shorter, and picks as from the missing pieces", () => {
+    // Random states: with or without the list, the same pick and the same answer from wantsFrom.
+    let seed = 7
+    const rnd = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed / 2 ** 31
+    }
+    for (let k = 0; k < 200; k++) {
+      const count = 16
+      const holds = [...Array(count).keys()].filter(() => rnd() < 0.3)
+      const others = [
+        peer(
+          'o1',
+          [...Array(count).keys()].filter(() => rnd() < 0.5)
+        )
+      ]
+      const missing = new Set([...Array(count).keys()].filter(() => rnd() < 0.7))
+      const inFlight = new Map(
+        [...missing].filter(() => rnd() < 0.2).map((i) => [i, ['x']] as [number, string[]])
+      )
+      const plain = peer('p', holds)
+      const listed: PeerView = { ...plain, offeredList: [...holds].reverse() }
+      const s = state(count, { missing, inFlight, heldCount: 1, peers: [plain, ...others] })
+      assert.equal(wantsFrom(listed, s), wantsFrom(plain, s))
+      assert.equal(pickForPeer(listed, { ...s, peers: [listed, ...others] }), pickForPeer(plain, s))
+    }
+  })
+
   it('asks a peer for the rarest piece it holds that nobody brings in', () => {
     const a = peer('a', [0, 1, 2])
     const s = state(4, { heldCount: 1, peers: [a, peer('b', [0, 1]), peer('c', [0])] })
