@@ -10,9 +10,12 @@
  *   `maxPeers` random members (as the DHT and peer exchange give it), and they to it;
  * - HAVEs and claims reach a node's neighbours after `haveLatency`; members know which members
  *   fetch from the registry (as they all rank the same members the same way);
- * - a peer serves at most `concurrentUploads` pieces at once and turns further requests away; when a
- *   slot frees it goes to the node that wants its rarest piece (the agent has no such limit
- *   yet: this is a setting to try in the model first);
+ * - a peer serves at most `concurrentUploads` pieces at once and turns further requests away; as
+ *   the agent on `PIECE_BUSY`, the refused node leaves that peer alone for `busyRetry` and asks
+ *   again (with `busyRetry: 0` it waits instead, and the freed slot goes to the node that wants
+ *   the uploader's rarest piece: an uploader's choice the agent does not make);
+ * - a node that arrived can be found by others at once (it provided the blob), so a crowd that
+ *   arrives together meshes at random;
  * - faults: churn (nodes leave and fresh ones arrive), nodes killed, the registry going down,
  *   malicious peers that offer every piece and send garbage (caught by the piece hash, and
  *   banned).
