@@ -83,6 +83,8 @@ export const scenarioSchema = z
         concurrentUploads: z.number().int().positive().optional(),
         /** Seconds a refused node waits before asking that peer again; 0: the uploader picks (see the model). */
         busyRetry: z.number().nonnegative().optional(),
+        /** Seconds of a node's uplink its send buffers hold (see the model's `sendBuffer`). */
+        sendBuffer: z.number().nonnegative().optional(),
         registryFetchers: z.number().int().positive().optional(),
         starvingTakesAny: z.boolean().optional()
       })
@@ -184,6 +186,7 @@ export function scenarioToInit(s: Scenario): SwarmModelInit {
     ...(o.maxPeers !== undefined && { maxPeers: o.maxPeers }),
     ...(o.concurrentUploads !== undefined && { concurrentUploads: o.concurrentUploads }),
     ...(o.busyRetry !== undefined && { busyRetry: o.busyRetry }),
+    ...(o.sendBuffer !== undefined && { sendBuffer: o.sendBuffer }),
     ...(o.registryFetchers !== undefined && { registryFetchers: o.registryFetchers }),
     ...(o.starvingTakesAny !== undefined && { starvingTakesAny: o.starvingTakesAny }),
     ...(Object.keys(f).length > 0 && { faults: f }),

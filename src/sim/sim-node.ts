@@ -10,6 +10,13 @@ export interface Transfer {
   to: SimNode
   from: SimNode | undefined
   piece: number
+  /**
+   * The head of a piece whose last bytes sit in the sender's buffers (`sendBuffer`): when it
+   * ends, the sender's upload slot frees and the tail goes on.
+   */
+  head?: boolean
+  /** The tail of such a piece: the sender's slot is already free. */
+  slotFreed?: boolean
 }
 
 export class SimNode implements PeerView {

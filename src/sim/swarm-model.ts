@@ -66,6 +66,11 @@ export interface SwarmModelInit {
    * (as the agent).
    */
   busyRetry?: number
+  /**
+   * Seconds of a sender's uplink its buffers hold (socket and link queue): an upload slot frees
+   * when the piece is handed over, this long before the last bytes arrive. Default 0.
+   */
+  sendBuffer?: number
   /** Requests in flight to one peer. Default 4 (as the agent). */
   peerDepth?: number
   /** Requests in flight to all peers together. Default: no limit (as an agent without a download cap). */
@@ -375,6 +380,10 @@ class SwarmModel {
 
   #landed(flow: Flow<Transfer>): void {
     const { from, piece } = flow.tag
+    if (flow.tag.head === true) {
+      this.#handedOver(flow)
+      return
+    }
     this.#settle(flow)
     if (from === undefined) {
       this.#registryEgress += this.#pieceBytes
@@ -383,7 +392,7 @@ class SwarmModel {
         if (++this.#sentOnce === this.#init.pieces && this.#init.faults?.registryDownAfter === 'first-copy')
           this.#registryDown()
       }
-    } else from.uploaded += this.#pieceBytes
+    } else from.uploaded += flow.bytes
     // The slot `from` freed goes to the nodes it turned away, once this landing is recorded.
     try {
       this.#record(flow)
@@ -466,7 +475,7 @@ class SwarmModel {
     else {
       to.peerLoad.set(from, (to.peerLoad.get(from) ?? 1) - 1)
       to.peerFlights--
-      from.uploading--
+      if (flow.tag.slotFreed !== true) from.uploading--
     }
   }
 
@@ -585,7 +594,15 @@ class SwarmModel {
 
   #launch(node: SimNode, piece: number, from: SimNode | undefined): void {
     const links = from === undefined ? [this.#registryUp, node.down] : [from.up, node.down]
-    const flow = this.#net.start(links, this.#pieceBytes, { to: node, from, piece })
+    const buffered =
+      from === undefined ? 0 : Math.min(this.#pieceBytes, (this.#init.sendBuffer ?? 0) * from.up.capacity)
+    const head = this.#pieceBytes - buffered
+    const flow =
+      buffered === 0
+        ? this.#net.start(links, this.#pieceBytes, { to: node, from, piece })
+        : head === 0
+          ? this.#net.start(links, buffered, { to: node, from, piece, slotFreed: true })
+          : this.#net.start(links, head, { to: node, from, piece, head: true })
     this.#flows++
     let list = node.flights.get(piece)
     if (list === undefined) {
@@ -604,8 +621,26 @@ class SwarmModel {
     } else {
       node.peerLoad.set(from, (node.peerLoad.get(from) ?? 0) + 1)
       node.peerFlights++
-      from.uploading++
+      if (flow.tag.slotFreed !== true) from.uploading++
     }
+  }
+
+  /** The sender handed the rest of the piece to its buffers: its slot frees, the tail goes on. */
+  #handedOver(flow: Flow<Transfer>): void {
+    const { to, from, piece } = flow.tag
+    if (from === undefined) return
+    from.uploaded += flow.bytes
+    from.uploading--
+    const tail = this.#net.start([from.up, to.down], this.#pieceBytes - flow.bytes, {
+      to,
+      from,
+      piece,
+      slotFreed: true
+    })
+    const list = to.flights.get(piece)
+    const k = list?.indexOf(flow) ?? -1
+    if (list !== undefined && k >= 0) list[k] = tail
+    this.#wake(from)
   }
 
   /** Replicas of the rarest piece `w` could ask `uploader` for. */

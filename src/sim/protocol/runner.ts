@@ -64,7 +64,7 @@ export interface ProtocolRunOptions extends AbortOptions {
   sampleEvery?: number
   /** Raise tc rates by the TCP/IP framing of full segments (default true; see FRAMING). */
   framing?: boolean
-  /** Queue of each link's rate limiter (ms; default DEFAULT_QUEUE_MS, 300). */
+  /** Queue of each link's rate limiter (ms; default the scenario's `sendBuffer`, else DEFAULT_QUEUE_MS, 300). */
   queueMs?: number
   /** Kernel parameters for every namespace's TCP (default TCP_SETTINGS). */
   sysctl?: Readonly<Record<string, string | number>>
@@ -160,7 +160,9 @@ export async function runProtocolScenario(
         })),
         registryUpload: shape.registryUpload * wire,
         ...(shape.delayMs !== undefined && { delayMs: shape.delayMs }),
-        ...(options.queueMs !== undefined && { queueMs: options.queueMs }),
+        ...((options.queueMs ?? shape.queueMs) !== undefined && {
+          queueMs: options.queueMs ?? shape.queueMs
+        }),
         sysctl: options.sysctl ?? TCP_SETTINGS
       },
       { signal }

@@ -29,6 +29,8 @@ export interface ProtocolShape {
   arrivals: number[]
   /** One-way delay per shaped direction (ms), when the scenario gives a latency. */
   delayMs: number | undefined
+  /** Each rate limiter's queue (ms), from the scenario's `sendBuffer`; absent, tc's default. */
+  queueMs: number | undefined
   /** The agent config the scenario's `shoal` settings map to. */
   agentConfig: Record<string, unknown>
   /** Scenario settings the agents have no setting for (the model's alone). */
@@ -71,7 +73,8 @@ export function protocolShape(s: Scenario): ProtocolShape {
     ...(o.registryWindow !== undefined && { fetch: { registryConcurrency: o.registryWindow } }),
     ...(Object.keys(swarm).length > 0 && { swarm })
   }
-  const mapped = new Set(['registryWindow', ...Object.keys(swarm)])
+  // The model's send buffer is what the links' rate limiters queue here.
+  const mapped = new Set(['registryWindow', 'sendBuffer', ...Object.keys(swarm)])
   const ignored = Object.keys(o).filter((k) => !mapped.has(k))
   const faults = (s as { faults?: Record<string, unknown> }).faults
   if (faults !== undefined && Object.keys(faults).length > 0) ignored.push('faults (not played here)')
@@ -93,6 +96,7 @@ export function protocolShape(s: Scenario): ProtocolShape {
     arrivals,
     // A latency in seconds, as every time in a scenario: half on each shaped direction it crosses.
     delayMs: latency > 0 ? (latency * 1000) / 2 : undefined,
+    queueMs: o.sendBuffer === undefined ? undefined : o.sendBuffer * 1000,
     agentConfig,
     ignored,
     tMin

@@ -90,9 +90,11 @@ describe('protocol shape of a scenario', () => {
         registryUpload: '2MiB'
       },
       image: { size: '8MiB', pieceSize: '1MiB' },
-      shoal: { registryWindow: 3, patience: 10, registryFetchers: 2 }
+      shoal: { registryWindow: 3, patience: 10, registryFetchers: 2, sendBuffer: 0.2 }
     })
     const shape = protocolShape(s)
+    // The model's send buffer is the links' queue at this level.
+    assert.equal(shape.queueMs, 200)
     const F = 8 * 2 ** 20
     assert.equal(shape.imageBytes, F)
     assert.equal(shape.tMin, Math.max(F / (2 * 2 ** 20), F / (4 * 2 ** 20), (4 * F) / (8 * 2 ** 20)))

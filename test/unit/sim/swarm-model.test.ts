@@ -99,6 +99,21 @@ describe('runSwarmModel', () => {
     for (const r of [retry, wait]) for (const t of r.completion) assert.ok(Number.isFinite(t))
   })
 
+  it('frees an upload slot when the piece is handed to the send buffer (sendBuffer)', () => {
+    // Half of each 1 MiB piece sits in the sender's buffers: its slot frees halfway, fewer
+    // requests are refused, and every byte is still accounted for.
+    const init = crowd()
+    const control = (r: { messages: { control: number[] } }) => r.messages.control.reduce((a, b) => a + b, 0)
+    const plain = runSwarmModel(init)
+    const buffered = runSwarmModel({ ...init, sendBuffer: 0.5 })
+    assert.ok(control(buffered) < control(plain) * 0.95, `${control(buffered)} vs ${control(plain)}`)
+    for (const r of [plain, buffered]) {
+      for (const t of r.completion) assert.ok(Number.isFinite(t))
+      const moved = r.uploaded.reduce((a, b) => a + b, 0) + r.registryEgress
+      assert.ok(moved >= init.nodes * init.imageBytes - 1, `${moved}`)
+    }
+  })
+
   it('gives the same result for the same seed, and another for another seed', () => {
     const a = runSwarmModel(crowd({ nodes: 12, seed: 7, maxPeers: 4 }))
     const b = runSwarmModel(crowd({ nodes: 12, seed: 7, maxPeers: 4 }))
