@@ -83,20 +83,9 @@ async function main(): Promise<void> {
     const run = runSwarmModel({ ...init, seed: init.seed + k })
     return { run, report: reportFigures(run, init.imageBytes) }
   })
-  const modelMedian = (f: (d: (typeof seeded)[number]) => number) => percentile(seeded.map(f), 0.5)
-  const bySeedP50 = [...seeded].sort(
-    (a, b) => a.report.completionOverTMin.p50 - b.report.completionOverTMin.p50
-  )
-  const model = bySeedP50[Math.floor((bySeedP50.length - 1) / 2)]!.run
-  const modelReport: LevelFigures = {
-    ...reportFigures(model, init.imageBytes),
-    registryEgressOverF: modelMedian((d) => d.report.registryEgressOverF),
-    completionOverTMin: {
-      p50: modelMedian((d) => d.report.completionOverTMin.p50),
-      p99: modelMedian((d) => d.report.completionOverTMin.p99),
-      max: modelMedian((d) => d.report.completionOverTMin.max)
-    }
-  }
+  const { median: modelMid, figures: modelFigures } = medianOf(seeded)
+  const model = modelMid.run
+  const modelReport: LevelFigures = { ...reportFigures(model, init.imageBytes), ...modelFigures }
   for (const [k, d] of seeded.entries()) {
     log(
       `  seed ${init.seed + k}: p50 ${d.report.completionOverTMin.p50.toFixed(2)} T_min, p99 ${d.report.completionOverTMin.p99.toFixed(2)} T_min, egress ${d.report.registryEgressOverF.toFixed(2)} F`
@@ -131,19 +120,11 @@ async function main(): Promise<void> {
   }
   // The run whose p50 is the median stands for all in the plots and the upload figures; p50,
   // p99 and egress are the medians over the runs.
-  const byP50 = [...done].sort((a, b) => a.report.completionOverTMin.p50 - b.report.completionOverTMin.p50)
-  const { result: protocol, load } = byP50[Math.floor((byP50.length - 1) / 2)]!
+  const { median: mid, figures: protocolFigures } = medianOf(done)
+  const { result: protocol, load } = mid
   const median = (f: (d: (typeof done)[number]) => number) => percentile(done.map(f), 0.5)
   const F = protocol.shape.imageBytes
-  const protocolReport: LevelFigures = {
-    ...reportFigures(protocol, F),
-    registryEgressOverF: median((d) => d.report.registryEgressOverF),
-    completionOverTMin: {
-      p50: median((d) => d.report.completionOverTMin.p50),
-      p99: median((d) => d.report.completionOverTMin.p99),
-      max: median((d) => d.report.completionOverTMin.max)
-    }
-  }
+  const protocolReport: LevelFigures = { ...reportFigures(protocol, F), ...protocolFigures }
   const bodiesOverF = median((d) => d.result.registryBlobBytes / F)
   const rows = table(modelReport, protocolReport, protocol, F, bodiesOverF)
   log('')
@@ -386,3 +367,25 @@ main().catch((err) => {
   process.stderr.write(`${err instanceof Error ? err.stack : err}\n`)
   process.exit(1)
 })
+
+/**
+ * Of several runs of one level: the run whose p50 is the median (it stands for all in the plots
+ * and the upload figures), and the medians of p50, p99, max and registry egress.
+ */
+function medianOf<T extends { report: LevelFigures }>(
+  runs: readonly T[]
+): { median: T; figures: Pick<LevelFigures, 'registryEgressOverF' | 'completionOverTMin'> } {
+  const mid = (f: (d: T) => number) => percentile(runs.map(f), 0.5)
+  const byP50 = [...runs].sort((a, b) => a.report.completionOverTMin.p50 - b.report.completionOverTMin.p50)
+  return {
+    median: byP50[Math.floor((byP50.length - 1) / 2)] as T,
+    figures: {
+      registryEgressOverF: mid((d) => d.report.registryEgressOverF),
+      completionOverTMin: {
+        p50: mid((d) => d.report.completionOverTMin.p50),
+        p99: mid((d) => d.report.completionOverTMin.p99),
+        max: mid((d) => d.report.completionOverTMin.max)
+      }
+    }
+  }
+}
